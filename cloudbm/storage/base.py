@@ -1,0 +1,183 @@
+"""The storage protocol every backend implements.
+
+Backends only move bytes by name ("dumb storage, smart repository"): they know nothing of WAL,
+backups, codecs or retries. Keys are '/'-separated relative names below the repository prefix
+given in the URL; a backend maps them to its own namespace.
+
+Every backend must:
+
+* raise only the typed errors of `cloudbm.errors` (StorageError and subclasses), mapping SDK
+  exceptions at its edge; `retryable=True` errors are retried by `storage.retry`, never inside
+  the backend;
+* bound every network call with the deadlines in `StorageOptions` (connect, read);
+* verify content on upload with a checksum the server checks (MD5/CRC32C/SHA-256 per provider);
+* import its SDK lazily (only the backend module imports boto3, google.cloud or azure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import BinaryIO, Protocol, runtime_checkable
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Tunables shared by all backends; values come from configuration."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    # Whole operation deadline, enforced by the retry wrapper across attempts.
+    operation_timeout: float = 300.0
+    max_attempts: int = 5
+    multipart_threshold: int = 64 * MiB
+    # Upper bound for one object when the caller gives no size hint; used to size parts so the
+    # provider's part-count limit is never hit.
+    max_object_size: int = 64 * GiB
+    max_concurrency: int = 4
+    # S3-compatible stores: "when_required" avoids the CRC32 headers that boto3 >= 1.36 sends by
+    # default and that MinIO/Wasabi/Ceph/R2 versions reject.
+    s3_checksum_mode: str = "when_required"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"  # auto | path | virtual
+    gcs_endpoint_url: str | None = None
+    gcs_project: str | None = None
+    azure_account_url: str | None = None
+    azure_connection_string: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What head/list know of an object. `metadata` keys are lower-case, values strings."""
+
+    key: str
+    size: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    etag: str | None = None
+    modified: datetime | None = None
+
+
+class ObjectReader(Protocol):
+    """A readable, closeable byte stream of one object (or one byte range of it)."""
+
+    info: ObjectInfo
+
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ObjectReader: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """One repository location: a local directory, a bucket prefix or a container prefix."""
+
+    url: str
+
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
+        size_hint: int | None = None,
+    ) -> None:
+        """Store `data` under `key`, verified by a server-side checksum.
+
+        `data` is bytes or a readable binary stream (read until EOF, never seeked unless it is
+        bytes). Above `multipart_threshold` the backend uploads in parts whose size it derives
+        from `size_hint` (an upper bound of the stream's length) and the provider's part-count
+        limit. With `if_absent=True` an existing key raises ObjectExistsError and is left
+        untouched. A failed upload leaves no object (or the previous one) under `key`.
+        """
+        ...
+
+    def get(self, key: str, *, start: int = 0, end: int | None = None) -> ObjectReader:
+        """Open `key` for streaming, optionally the byte range [start, end) only.
+
+        Raises ObjectNotFoundError when the key does not exist. `reader.info` carries size
+        (of the whole object) and metadata.
+        """
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size and metadata of `key`; ObjectNotFoundError if absent."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, lazily, page by page, in key order."""
+        ...
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete keys in provider-sized batches; keys already absent are not an error."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and thread pools."""
+        ...
+
+
+def metadata_key_ok(name: str) -> bool:
+    """Metadata names must survive every provider: lower-case ASCII letters, digits, '-'."""
+    return bool(name) and all(c.islower() or c.isdigit() or c == "-" for c in name)
+
+
+def part_size_for(
+    expected_size: int, *, max_parts: int, min_part: int, preferred: int = 8 * MiB
+) -> int:
+    """Smallest part size >= `preferred` (and >= `min_part`) that fits `expected_size` in
+    `max_parts` parts, rounded up to a whole MiB."""
+    size = max(preferred, min_part, -(-expected_size // max_parts))
+    return -(-size // MiB) * MiB
+
+
+def md5_digest(data: bytes) -> bytes:
+    """MD5 of `data` for Content-MD5 style upload checks (not used for security)."""
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+class BytesReader:
+    """ObjectReader over an in-memory buffer; handy for backends and tests."""
+
+    def __init__(self, data: bytes, info: ObjectInfo) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self.info = info
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = len(self._data) - self._pos
+        chunk = bytes(self._data[self._pos : self._pos + size])
+        self._pos += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._data = memoryview(b"")
+
+    def __enter__(self) -> BytesReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
