@@ -1,0 +1,7 @@
+"""`python -m cloudbm`."""
+
+import sys
+
+from cloudbm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,240 @@
+"""Command-line parsing and the one place where errors become exit codes.
+
+Each command is a function in cloudbm.commands; modules load only for the command that runs,
+so archive_command and restore_command pay for nothing they do not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cloudbm import __version__
+from cloudbm.errors import EXIT_USAGE, CloudbmError, NotFoundError
+
+log = logging.getLogger("cloudbm")
+
+# Flags that override configuration keys of the same name.
+FLAG_KEYS = ("repository", "pgdata", "compression", "jobs")
+DEFAULT_FETCH_ERROR_EXIT = 126
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so wal-fetch can map usage errors too."""
+
+    def error(self, message: str) -> Any:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cloudbm",
+        description="Keeps PostgreSQL recoverable from cloud object storage.",
+    )
+    parser.add_argument("--version", action="version", version=f"cloudbm {__version__}")
+    parser.add_argument(
+        "--config",
+        help="configuration file (default $CLOUDBM_CONFIG, then /etc/cloudbm/cloudbm.toml)",
+    )
+    parser.add_argument("--server", help="server section to use (default: the only one)")
+    parser.add_argument(
+        "--repo", dest="repository", help="repository URL (file:///dir, s3://, gs://, azure://)"
+    )
+    parser.add_argument("--pgdata", help="the cluster's data directory")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "wal-push", help="archive one WAL file (archive_command = 'cloudbm wal-push %%p')"
+    )
+    p.add_argument("path", help="WAL file path, relative to the data directory as %%p is")
+    p.add_argument("--compression", choices=("zstd", "lz4", "gzip", "none"))
+
+    p = sub.add_parser(
+        "wal-fetch", help="restore one WAL file (restore_command = 'cloudbm wal-fetch %%f %%p')"
+    )
+    p.add_argument("name", help="WAL file name (%%f)")
+    p.add_argument("dest", help="destination path (%%p)")
+
+    # Internal: the detached prefetch worker wal-fetch starts (no help: not listed).
+    p = sub.add_parser("wal-prefetch")
+    p.add_argument("name")
+
+    p = sub.add_parser("init", help="bind the repository to this cluster and key")
+
+    p = sub.add_parser("keygen", help="create a key file or an X25519 key pair")
+    p.add_argument("--type", choices=("symmetric", "x25519"), default="x25519")
+    p.add_argument(
+        "output",
+        help="key file to create (x25519: the private key; the public key goes to OUTPUT.pub)",
+    )
+
+    sub.add_parser("list-servers", help="configured servers")
+    sub.add_parser("show-config", help="effective configuration for the server")
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool, command: str) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"cloudbm {command}: %(levelname)s: %(message)s"))
+    root = logging.getLogger("cloudbm")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _global_args(args: argparse.Namespace) -> list[str]:
+    """The global flags of this invocation, for helper processes started on its behalf."""
+    out: list[str] = []
+    for flag, value in (
+        ("--config", args.config),
+        ("--server", args.server),
+        ("--repo", args.repository),
+        ("--pgdata", args.pgdata),
+    ):
+        if value:
+            out += [flag, value]
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from cloudbm.config import load_settings
+
+    overrides = {k: getattr(args, k, None) for k in FLAG_KEYS}
+    return load_settings(config_path=args.config, server=args.server, overrides=overrides)
+
+
+def _emit(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one parsed command; returns the exit status."""
+    command = args.command
+    if command == "wal-push":
+        from cloudbm.commands.wal_push import wal_push
+
+        result = wal_push(_settings(args), args.path)
+        log.debug("archived %s (%d -> %d bytes)", result.name, result.size, result.stored)
+        return 0
+    if command == "wal-fetch":
+        from cloudbm.commands.wal_fetch import wal_fetch
+
+        source = wal_fetch(_settings(args), args.name, args.dest, _global_args(args))
+        log.debug("restored %s from %s", args.name, source)
+        return 0
+    if command == "wal-prefetch":
+        from cloudbm.commands.wal_fetch import prefetch
+
+        prefetch(_settings(args), args.name)
+        return 0
+    if command == "init":
+        from cloudbm.commands.init import init
+
+        res = init(_settings(args))
+        d = res.descriptor
+        verb = "initialised" if res.created else "already initialised for this cluster:"
+        _emit(
+            args,
+            f"{verb} {res.url} (system identifier {d.system_identifier}, PostgreSQL "
+            f"{d.pg_major}, encryption {d.encryption}"
+            + (f", key id {d.key_id})" if d.key_id else ")"),
+            {"created": res.created, "repository": res.url, "descriptor": json.loads(d.to_json())},
+        )
+        return 0
+    if command == "keygen":
+        from cloudbm.codec import keys
+
+        if args.type == "symmetric":
+            keys.generate_keyfile(args.output)
+            _emit(
+                args,
+                f"wrote key file {args.output} (keep it secret, keep a copy)",
+                {"key_file": args.output},
+            )
+        else:
+            keys.generate_keypair(args.output, args.output + ".pub")
+            _emit(
+                args,
+                f"wrote private key {args.output} (restore hosts only) and public "
+                f"key {args.output}.pub (database hosts)",
+                {"private_key_file": args.output, "public_key_file": args.output + ".pub"},
+            )
+        return 0
+    if command == "list-servers":
+        from cloudbm.config import find_config_path, read_config_file, server_names
+
+        cfg = read_config_file(find_config_path(args.config, os.environ))
+        names = server_names(cfg)
+        _emit(args, "\n".join(names), {"servers": names})
+        return 0
+    if command == "show-config":
+        from dataclasses import asdict
+
+        settings = asdict(_settings(args))
+        _emit(args, "\n".join(f"{k} = {v!r}" for k, v in sorted(settings.items())), settings)
+        return 0
+    raise CloudbmError(f"unknown command {command}")
+
+
+def _fetch_error_exit() -> int:
+    """Exit status for wal-fetch failures, readable even when the configuration is broken."""
+    raw = os.environ.get("CLOUDBM_FETCH_ERROR_EXIT_CODE", "")
+    return int(raw) if raw.isdigit() and 126 <= int(raw) <= 255 else DEFAULT_FETCH_ERROR_EXIT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cloudbm` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    is_fetch = "wal-fetch" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"cloudbm: {exc}", file=sys.stderr)
+        return _fetch_error_exit() if is_fetch else EXIT_USAGE
+    _configure_logging(args.verbose, args.quiet, args.command)
+    try:
+        return run(args)
+    except NotFoundError as exc:
+        # For wal-fetch a miss is routine (the end of the archive), not an error.
+        log.log(logging.DEBUG if args.command == "wal-fetch" else logging.ERROR, "%s", exc)
+        return exc.exit_code
+    except CloudbmError as exc:
+        log.error("%s", exc)
+        if args.command == "wal-fetch":
+            return _fetch_code(args)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for -v
+        log.error("unexpected %s: %s (run with -v for details)", type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        if args.command == "wal-fetch":
+            return _fetch_code(args)
+        return 70  # EX_SOFTWARE
+
+
+def _fetch_code(args: argparse.Namespace) -> int:
+    try:
+        return int(_settings(args).fetch_error_exit_code)
+    except Exception:
+        return _fetch_error_exit()

@@ -1,0 +1,50 @@
+"""Building the objects a command needs from Settings."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from cloudbm.config import Settings
+from cloudbm.repository import Repository
+from cloudbm.storage.retry import RetryingStorage
+from cloudbm.storage.url import open_storage
+
+log = logging.getLogger("cloudbm")
+
+
+def open_repository(settings: Settings) -> Repository:
+    """The server's repository over a retrying storage backend."""
+    options = settings.storage_options()
+    storage = RetryingStorage.from_options(open_storage(settings.repository, options), options)
+    return Repository(storage, settings)
+
+
+def spool_dir(settings: Settings) -> Path:
+    """Per-repository local state (push markers, prefetched WAL), outside pg_wal.
+
+    Keyed by a hash of the repository URL so two servers, or two repositories, never share
+    markers or prefetched files. Created 0700: it may hold decrypted WAL.
+    """
+    digest = hashlib.sha256(settings.repository.encode()).hexdigest()[:16]
+    path = Path(settings.spool_directory) / f"{settings.server}-{digest}"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def pgdata_path(settings: Settings) -> Path:
+    """The data directory: configured `pgdata`, else the current directory when it is one
+    (archive_command and restore_command run with cwd = PGDATA)."""
+    if settings.pgdata:
+        return Path(settings.pgdata)
+    cwd = Path(os.getcwd())
+    if (cwd / "global" / "pg_control").exists():
+        return cwd
+    from cloudbm.errors import ConfigError
+
+    raise ConfigError(
+        "pgdata is not configured and the current directory is not a data directory",
+        hint="set pgdata (or CLOUDBM_PGDATA, or --pgdata)",
+    )

@@ -1,0 +1,374 @@
+"""Configuration: TOML file + CLOUDBM_* environment + flags -> one typed Settings object.
+
+Precedence, lowest first: built-in defaults, `[defaults]`, `[servers.NAME]`, `CLOUDBM_<KEY>`
+environment variables, command-line flags. The file is `--config`, else `$CLOUDBM_CONFIG`, else
+/etc/cloudbm/cloudbm.toml when it exists. `--repo URL` alone is enough for a local repository.
+Secrets (passphrases, connection strings) come from files or the environment, never argv.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cloudbm.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/cloudbm/cloudbm.toml")
+ENV_PREFIX = "CLOUDBM_"
+ENCRYPTION_MODES = ("none", "passphrase", "keyfile", "public-key")
+COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
+S3_CHECKSUM_MODES = ("when_required", "when_supported")
+S3_ADDRESSING = ("auto", "path", "virtual")
+
+
+def _spool_default() -> str:
+    return f"/var/tmp/cloudbm-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one command needs for one server. Field names are the config keys."""
+
+    server: str = "default"
+    repository: str = ""
+    pgdata: str | None = None
+    conninfo: str | None = None
+    compression: str = "zstd"
+    compression_level: int | None = None
+    encryption: str = "none"
+    passphrase_file: str | None = None
+    key_file: str | None = None
+    public_key_file: str | None = None
+    private_key_file: str | None = None
+    jobs: int = 2
+    # WAL
+    wal_push_ahead: int = 8
+    wal_prefetch: int = 8
+    spool_directory: str = field(default_factory=_spool_default)
+    # Exit status for wal-fetch failures other than "not found": above 125 makes PostgreSQL
+    # abort recovery instead of treating the segment as the end of the archive.
+    fetch_error_exit_code: int = 126
+    history_miss_cache_seconds: float = 10.0
+    pre_archive_script: str | None = None
+    post_archive_script: str | None = None
+    # storage
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    operation_timeout: float = 300.0
+    max_attempts: int = 5
+    multipart_threshold: int = 64 * 1024 * 1024
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    s3_checksum_mode: str = "when_required"
+    gcs_endpoint_url: str | None = None
+    gcs_project: str | None = None
+    azure_account_url: str | None = None
+    azure_connection_string_file: str | None = None
+    # where the values came from, for error messages and show-config
+    source: str = field(default="", compare=False)
+
+    def storage_options(self) -> Any:
+        """StorageOptions for the backend (imported here to keep config import-light)."""
+        from cloudbm.storage.base import StorageOptions
+
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if self.azure_connection_string_file:
+            conn = _read_secret(self.azure_connection_string_file, "azure_connection_string_file")
+        return StorageOptions(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            operation_timeout=self.operation_timeout,
+            max_attempts=self.max_attempts,
+            multipart_threshold=self.multipart_threshold,
+            max_concurrency=max(1, self.jobs),
+            s3_checksum_mode=self.s3_checksum_mode,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            s3_addressing_style=self.s3_addressing_style,
+            gcs_endpoint_url=self.gcs_endpoint_url,
+            gcs_project=self.gcs_project,
+            azure_account_url=self.azure_account_url,
+            azure_connection_string=conn,
+        )
+
+    def passphrase(self) -> bytes:
+        """The repository passphrase from $CLOUDBM_PASSPHRASE or `passphrase_file`."""
+        env = os.environ.get("CLOUDBM_PASSPHRASE")
+        if env:
+            return env.encode()
+        if not self.passphrase_file:
+            raise ConfigError(
+                "encryption = 'passphrase' needs a passphrase",
+                hint="set passphrase_file or the CLOUDBM_PASSPHRASE environment variable",
+            )
+        return _read_secret(self.passphrase_file, "passphrase_file").encode()
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key} {path!r} cannot be read: {exc.strerror}") from exc
+    if not value:
+        raise ConfigError(f"{key} {path!r} is empty")
+    return value
+
+
+# --- validation -----------------------------------------------------------------------------
+
+FIELD_TYPES: dict[str, str] = {
+    f.name: str(f.type) for f in fields(Settings) if f.name not in ("server", "source")
+}
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, Any], Any]:
+    def check(key: str, value: Any) -> Any:
+        if not isinstance(value, str) or value.lower() not in options:
+            raise ConfigError(
+                f"{key} = {value!r} is not valid", hint=f"use one of: {', '.join(options)}"
+            )
+        return value.lower()
+
+    return check
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} = {value!r} is not valid", hint="use a whole number >= 1")
+    return value
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key} = {value!r} is not valid", hint="use a whole number >= 0")
+    return value
+
+
+def _exit_code(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 126 <= value <= 255:
+        raise ConfigError(
+            f"{key} = {value!r} is not valid",
+            hint="use 126..255: PostgreSQL aborts recovery only on statuses above 125",
+        )
+    return value
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key} = {value!r} is not valid", hint="use a number > 0")
+    return float(value)
+
+
+def _non_negative_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{key} = {value!r} is not valid", hint="use a number >= 0")
+    return float(value)
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} = {value!r} is not valid", hint="use a non-empty string")
+    return value
+
+
+def _level(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -7 <= value <= 22:
+        raise ConfigError(f"{key} = {value!r} is not valid", hint="use a level from 1 to 22")
+    return value
+
+
+VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
+    "compression": _choice(COMPRESSIONS),
+    "compression_level": _level,
+    "encryption": _choice(ENCRYPTION_MODES),
+    "jobs": _positive_int,
+    "wal_push_ahead": _non_negative_int,
+    "wal_prefetch": _non_negative_int,
+    "fetch_error_exit_code": _exit_code,
+    "history_miss_cache_seconds": _non_negative_float,
+    "connect_timeout": _positive_float,
+    "read_timeout": _positive_float,
+    "operation_timeout": _positive_float,
+    "max_attempts": _positive_int,
+    "multipart_threshold": _positive_int,
+    "s3_addressing_style": _choice(S3_ADDRESSING),
+    "s3_checksum_mode": _choice(S3_CHECKSUM_MODES),
+}
+
+INT_KEYS = {
+    k for k, v in VALIDATORS.items() if v in (_positive_int, _non_negative_int, _exit_code, _level)
+}
+FLOAT_KEYS = {k for k, v in VALIDATORS.items() if v in (_positive_float, _non_negative_float)}
+
+# Keys that name secrets directly are refused: secrets come from files or the environment.
+FORBIDDEN_KEYS = {
+    "passphrase": "passphrase_file or CLOUDBM_PASSPHRASE",
+    "azure_connection_string": "azure_connection_string_file or AZURE_STORAGE_CONNECTION_STRING",
+    "aws_secret_access_key": "the AWS SDK's credential chain (environment, profile, role)",
+}
+
+
+def _validate(key: str, value: Any, where: str) -> Any:
+    if key in FORBIDDEN_KEYS:
+        raise ConfigError(
+            f"{key} in {where} would put a secret in the configuration",
+            hint=f"use {FORBIDDEN_KEYS[key]}",
+        )
+    if key not in FIELD_TYPES:
+        raise ConfigError(f"unknown key {key!r} in {where}", hint="check the spelling")
+    try:
+        check: Callable[[str, Any], Any] = VALIDATORS.get(key, _string)
+        return check(key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (in {where})", hint=exc.hint) from None
+
+
+def _from_env_value(key: str, raw: str) -> Any:
+    if key in INT_KEYS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{key.upper()}={raw!r} is not a whole number") from None
+    if key in FLOAT_KEYS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{key.upper()}={raw!r} is not a number") from None
+    return raw
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The parsed TOML file (or nothing): defaults and per-server sections."""
+
+    path: Path | None
+    defaults: Mapping[str, Any]
+    servers: Mapping[str, Mapping[str, Any]]
+
+
+def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """--config, then $CLOUDBM_CONFIG, then /etc/cloudbm/cloudbm.toml if it exists."""
+    if explicit:
+        return Path(explicit)
+    env = environ.get("CLOUDBM_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def read_config_file(path: Path | None) -> ConfigFile:
+    """Parse and validate the TOML file; every problem is one ConfigError naming the key."""
+    if path is None:
+        return ConfigFile(None, {}, {})
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    for section in data:
+        if section not in ("defaults", "servers"):
+            raise ConfigError(
+                f"unknown section [{section}] in {path}",
+                hint="use [defaults] and [servers.NAME]",
+            )
+    defaults_raw = data.get("defaults", {})
+    if not isinstance(defaults_raw, dict):
+        raise ConfigError(f"[defaults] in {path} must be a table")
+    defaults = {k: _validate(k, v, f"[defaults] of {path}") for k, v in defaults_raw.items()}
+    servers: dict[str, dict[str, Any]] = {}
+    servers_raw = data.get("servers", {})
+    if not isinstance(servers_raw, dict):
+        raise ConfigError(f"'servers' in {path} must hold [servers.NAME] tables")
+    for name, section in servers_raw.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"[servers.{name}] in {path} must be a table")
+        if name == "all" or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(
+                f"server name {name!r} in {path} is not valid",
+                hint="use letters, digits, '-' and '_' ('all' is reserved)",
+            )
+        servers[name] = {
+            k: _validate(k, v, f"[servers.{name}] of {path}") for k, v in section.items()
+        }
+    return ConfigFile(path, defaults, servers)
+
+
+def server_names(cfg: ConfigFile) -> list[str]:
+    """Configured server names, sorted."""
+    return sorted(cfg.servers)
+
+
+def resolve_server(cfg: ConfigFile, requested: str | None, environ: Mapping[str, str]) -> str:
+    """--server, then $CLOUDBM_SERVER, then the only configured server, else 'default'."""
+    name = requested or environ.get("CLOUDBM_SERVER")
+    if name:
+        if cfg.servers and name not in cfg.servers:
+            raise ConfigError(
+                f"server {name!r} is not configured in {cfg.path}",
+                hint=f"configured: {', '.join(server_names(cfg))}",
+            )
+        return name
+    if len(cfg.servers) == 1:
+        return next(iter(cfg.servers))
+    if len(cfg.servers) > 1:
+        raise ConfigError(
+            f"{cfg.path} configures several servers",
+            hint=f"choose one with --server ({', '.join(server_names(cfg))})",
+        )
+    return "default"
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    server: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the Settings for one server from file, environment and flag overrides."""
+    env = os.environ if environ is None else environ
+    cfg = read_config_file(find_config_path(config_path, env))
+    return settings_for(cfg, resolve_server(cfg, server, env), overrides or {}, env)
+
+
+def settings_for(
+    cfg: ConfigFile, name: str, overrides: Mapping[str, Any], environ: Mapping[str, str]
+) -> Settings:
+    """Merge the layers for server `name` and validate the result."""
+    values: dict[str, Any] = dict(cfg.defaults)
+    values.update(cfg.servers.get(name, {}))
+    for key in FIELD_TYPES:
+        raw = environ.get(ENV_PREFIX + key.upper())
+        if raw is not None and raw != "":
+            values[key] = _validate(key, _from_env_value(key, raw), f"${ENV_PREFIX}{key.upper()}")
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _validate(key, value, f"--{key.replace('_', '-')}")
+    settings = Settings(server=name, source=str(cfg.path or "environment/flags"), **values)
+    if not settings.repository:
+        raise ConfigError(
+            f"no repository configured for server {name!r}",
+            hint="set 'repository' in the configuration, CLOUDBM_REPOSITORY, or pass --repo URL",
+        )
+    if settings.encryption == "keyfile" and not settings.key_file:
+        raise ConfigError("encryption = 'keyfile' needs key_file")
+    if settings.encryption == "public-key" and not (
+        settings.public_key_file or settings.private_key_file
+    ):
+        raise ConfigError(
+            "encryption = 'public-key' needs public_key_file (to archive) "
+            "and/or private_key_file (to restore)"
+        )
+    return settings

@@ -1,0 +1,128 @@
+"""WAL file names and segment arithmetic (pure functions, no I/O).
+
+Names PostgreSQL archives: 24-hex segments `TTTTTTTTLLLLLLLLSSSSSSSS`, `<TLI>.history`,
+backup history files `<segment>.<offset8>.backup` and `<segment>.partial`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from cloudbm.errors import ConfigError
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+
+_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+_HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
+_BACKUP = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.([0-9A-F]{8})\.backup$")
+_PARTIAL = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.partial$")
+
+
+class WalKind(Enum):
+    SEGMENT = "segment"
+    HISTORY = "history"
+    BACKUP = "backup"
+    PARTIAL = "partial"
+
+
+@dataclass(frozen=True, order=True)
+class WalName:
+    """A parsed WAL file name. For history files `log` and `seg` are 0."""
+
+    timeline: int
+    log: int
+    seg: int
+    kind: WalKind
+    name: str
+
+    @property
+    def segment_name(self) -> str:
+        """The 24-hex segment a segment/backup/partial name refers to."""
+        return segment_name(self.timeline, self.log, self.seg)
+
+    @property
+    def has_page_header(self) -> bool:
+        """Segments and partial segments start with a long page header."""
+        return self.kind in (WalKind.SEGMENT, WalKind.PARTIAL)
+
+
+def parse(name: str) -> WalName:
+    """Parse a file name PostgreSQL hands to archive/restore commands; ConfigError if foreign."""
+    for pattern, kind in (
+        (_SEGMENT, WalKind.SEGMENT),
+        (_PARTIAL, WalKind.PARTIAL),
+        (_BACKUP, WalKind.BACKUP),
+    ):
+        m = pattern.match(name)
+        if m:
+            tli, log, seg = (int(m.group(i), 16) for i in (1, 2, 3))
+            if tli == 0:
+                break
+            return WalName(tli, log, seg, kind, name)
+    m = _HISTORY.match(name)
+    if m and int(m.group(1), 16) > 0:
+        return WalName(int(m.group(1), 16), 0, 0, WalKind.HISTORY, name)
+    raise ConfigError(
+        f"{name!r} is not a WAL file name",
+        hint="expected a 24-hex segment, TLI.history, SEGMENT.partial or SEGMENT.OFFSET.backup",
+    )
+
+
+def is_wal_name(name: str) -> bool:
+    """True if `name` is any file name PostgreSQL archives."""
+    try:
+        parse(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def segment_name(timeline: int, log: int, seg: int) -> str:
+    return f"{timeline:08X}{log:08X}{seg:08X}"
+
+
+def history_name(timeline: int) -> str:
+    return f"{timeline:08X}.history"
+
+
+def segments_per_log(segment_size: int) -> int:
+    """Segments per 4 GiB 'log' id; depends on wal_segment_size (1 MiB .. 1 GiB)."""
+    if segment_size <= 0 or segment_size & (segment_size - 1):
+        raise ValueError(f"WAL segment size {segment_size} is not a power of two")
+    return 0x100000000 // segment_size
+
+
+def segment_number(name: WalName, segment_size: int) -> int:
+    """Absolute segment number within its timeline."""
+    return name.log * segments_per_log(segment_size) + name.seg
+
+
+def from_number(timeline: int, number: int, segment_size: int) -> str:
+    per = segments_per_log(segment_size)
+    return segment_name(timeline, number // per, number % per)
+
+
+def next_segments(name: str, count: int, segment_size: int) -> list[str]:
+    """The `count` segment names after `name` on the same timeline."""
+    parsed = parse(name)
+    start = segment_number(parsed, segment_size)
+    return [from_number(parsed.timeline, start + i, segment_size) for i in range(1, count + 1)]
+
+
+def lsn_to_segment(timeline: int, lsn: int, segment_size: int) -> str:
+    """Name of the segment holding byte position `lsn` on `timeline`."""
+    return from_number(timeline, lsn // segment_size, segment_size)
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> integer."""
+    hi, _, lo = text.strip().partition("/")
+    if not lo:
+        raise ValueError(f"{text!r} is not an LSN")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
