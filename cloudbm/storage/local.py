@@ -241,7 +241,12 @@ class LocalStorage:
 
     def _walk(self, directory: Path, dir_key: str, prefix: str) -> Iterator[ObjectInfo]:
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            # Byte order of full keys, as object stores list them: a directory 'b' sorts as
+            # 'b/', after siblings like 'b-x' and 'b.txt'.
+            entries = sorted(
+                os.scandir(directory),
+                key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name,
+            )
         except FileNotFoundError:
             return
         except OSError as exc:
