@@ -74,6 +74,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
+    p = sub.add_parser("backup-push", help="take a base backup of the running cluster")
+    p.add_argument("--label", help="backup label (default: 'cloudbm backup <ID>')")
+    ckpt = p.add_mutually_exclusive_group()
+    ckpt.add_argument(
+        "--immediate-checkpoint",
+        dest="immediate_checkpoint",
+        action="store_true",
+        default=None,
+        help="start with an immediate checkpoint (default: immediate_checkpoint)",
+    )
+    ckpt.add_argument(
+        "--no-immediate-checkpoint",
+        dest="immediate_checkpoint",
+        action="store_false",
+        help="wait for a spread checkpoint",
+    )
+    p.add_argument(
+        "--bandwidth-limit",
+        type=int,
+        metavar="KIB_PER_S",
+        help="upload rate limit in KiB/s (default: bandwidth_limit)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=("full", "standalone"),
+        help="keep this backup out of retention (see 'cloudbm keep')",
+    )
+    p.add_argument("--jobs", type=int, help="parts uploaded in parallel (default: jobs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("backup-list", help="the backups in the repository")
+    p.add_argument("target", nargs="?", metavar="SERVER", help="a server name or 'all'")
+
+    p = sub.add_parser("backup-show", help="details of one backup")
+    p.add_argument("backup_id", metavar="ID", help="a backup id, latest/last or oldest/first")
+
     p = sub.add_parser("keygen", help="create a key file or an X25519 key pair")
     p.add_argument("--type", choices=("symmetric", "x25519"), default="x25519")
     p.add_argument(
@@ -119,6 +155,19 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(config_path=args.config, server=args.server, overrides=overrides)
 
 
+def _each_server(args: argparse.Namespace, target: str | None) -> list[Any]:
+    """Settings of one server, or of every configured one for 'all'."""
+    if target != "all":
+        if target:
+            args.server = target
+        return [_settings(args)]
+    from cloudbm.config import find_config_path, read_config_file, server_names, settings_for
+
+    cfg = read_config_file(find_config_path(args.config, os.environ))
+    overrides = {k: getattr(args, k, None) for k in FLAG_KEYS}
+    return [settings_for(cfg, name, overrides, os.environ) for name in server_names(cfg)]
+
+
 def _emit(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
@@ -145,6 +194,40 @@ def run(args: argparse.Namespace) -> int:
         from cloudbm.commands.wal_fetch import prefetch
 
         prefetch(_settings(args), args.name)
+        return 0
+    if command == "backup-push":
+        import time
+
+        from cloudbm.commands.backup_push import BackupOptions, backup_push, summary_line
+
+        began = time.monotonic()
+        manifest = backup_push(
+            _settings(args),
+            BackupOptions(
+                label=args.label,
+                immediate_checkpoint=args.immediate_checkpoint,
+                bandwidth_limit=args.bandwidth_limit,
+                keep=args.keep,
+                progress=not (args.no_progress or args.json or args.quiet),
+            ),
+        )
+        from dataclasses import asdict
+
+        _emit(args, summary_line(manifest, time.monotonic() - began), asdict(manifest))
+        return 0
+    if command == "backup-list":
+        from cloudbm.commands.backup_list import format_rows, list_backups
+
+        rows: list[dict[str, Any]] = []
+        for settings in _each_server(args, args.target):
+            rows += list_backups(settings)
+        _emit(args, format_rows(rows), {"backups": rows})
+        return 0
+    if command == "backup-show":
+        from cloudbm.commands.backup_list import format_show, show_backup
+
+        doc = show_backup(_settings(args), args.backup_id)
+        _emit(args, format_show(doc), doc)
         return 0
     if command == "init":
         from cloudbm.commands.init import init

@@ -55,6 +55,13 @@ class Settings:
     history_miss_cache_seconds: float = 10.0
     pre_archive_script: str | None = None
     post_archive_script: str | None = None
+    # base backups
+    backup_part_size: int = 1024 * 1024 * 1024
+    immediate_checkpoint: bool = True
+    bandwidth_limit: int | None = None  # KiB/s
+    wal_wait_timeout: float = 600.0
+    pre_backup_script: str | None = None
+    post_backup_script: str | None = None
     # storage
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -170,6 +177,23 @@ def _non_negative_float(key: str, value: Any) -> float:
     return float(value)
 
 
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "on",
+        "yes",
+        "1",
+        "false",
+        "off",
+        "no",
+        "0",
+    ):
+        return value.lower() in ("true", "on", "yes", "1")
+    raise ConfigError(f"{key} = {value!r} is not valid", hint="use true or false")
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} = {value!r} is not valid", hint="use a non-empty string")
@@ -196,6 +220,10 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "operation_timeout": _positive_float,
     "max_attempts": _positive_int,
     "multipart_threshold": _positive_int,
+    "backup_part_size": _positive_int,
+    "immediate_checkpoint": _bool,
+    "bandwidth_limit": _positive_int,
+    "wal_wait_timeout": _positive_float,
     "s3_addressing_style": _choice(S3_ADDRESSING),
     "s3_checksum_mode": _choice(S3_CHECKSUM_MODES),
 }

@@ -97,6 +97,14 @@ class Descriptor:
             raise IntegrityError(f"{where} is not a valid repository descriptor: {exc}") from None
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """What an encoded object occupies in storage."""
+
+    size: int
+    sha256: str
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -276,15 +284,17 @@ class Repository:
         if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
         params: EncodeParams | None = None,
-    ) -> int:
-        """Encode and store a whole buffer; returns the stored size."""
+        sha256: str | None = None,
+    ) -> StoredBlob:
+        """Encode and store a whole buffer (`sha256`: its digest if the caller has it already);
+        returns the stored size and digest."""
         from cloudbm.codec.envelope import encode_bytes
 
         blob = encode_bytes(plaintext, name=key, params=params or self.encode_params())
-        meta = {META_SHA256: sha256_hex(plaintext), META_SIZE: str(len(plaintext))}
+        meta = {META_SHA256: sha256 or sha256_hex(plaintext), META_SIZE: str(len(plaintext))}
         meta.update(metadata or {})
         self.storage.put(key, blob, metadata=meta, if_absent=if_absent)
-        return len(blob)
+        return StoredBlob(len(blob), sha256_hex(blob))
 
     def get_bytes(
         self, key: str, *, expected_sha256: str | None = None

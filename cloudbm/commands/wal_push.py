@@ -159,7 +159,7 @@ class WalPusher:
             meta["cloudbm-wal-segment-size"] = str(header.segment_size)
         self.descriptor()
         try:
-            stored = self.repo.put_bytes(key, data, if_absent=True, metadata=meta)
+            stored = self.repo.put_bytes(key, data, if_absent=True, metadata=meta, sha256=sha).size
         except ObjectExistsError:
             existing = self.repo.plaintext_sha256(key)
             if existing == sha:

@@ -215,10 +215,11 @@ def running_cluster(
     archive_command: str | None,
     env: Mapping[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
+    bin_dir: Path = PG15_BIN,
 ) -> Iterator[PgCluster]:
     """initdb + start a cluster archiving with `archive_command`; stopped and removed after."""
     base = postgres_dir("cloudbm-pg-")
-    cluster = PgCluster(base, free_port())
+    cluster = PgCluster(base, free_port(), bin_dir)
     try:
         cluster.initdb()
         settings = cluster.base_settings()

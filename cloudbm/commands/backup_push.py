@@ -1,0 +1,516 @@
+"""`cloudbm backup-push`: a base backup of the running cluster into the repository.
+
+Order of writes (a crash at any point leaves a complete backup or a visibly unfinished one):
+started.json, the data parts (each followed by its file list), waiting.json, the recovery
+object (backup_label, tablespace_map), manifest.json last. A failed run writes failed.json.
+
+Parts are tar streams built on demand from the data directory, piped through compression and
+encryption straight into storage; `jobs` parts are in flight at once, and global/pg_control is
+read only after every other part is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cloudbm import __version__
+from cloudbm.catalog import (
+    DONE,
+    Manifest,
+    PartInfo,
+    StartedRecord,
+    TablespaceRecord,
+    backup_prefix,
+    iso,
+    manifest_key,
+    new_backup_id,
+    part_key,
+    utc_now,
+)
+from cloudbm.commands.catalogue import load_catalogue
+from cloudbm.commands.context import open_repository, spool_dir
+from cloudbm.commands.hooks import run_hook
+from cloudbm.commands.init import initialise_repository
+from cloudbm.commands.progress import Progress, RateLimiter, human_bytes
+from cloudbm.commands.wal_layout import wal_key
+from cloudbm.config import Settings
+from cloudbm.errors import (
+    CheckFailed,
+    CloudbmError,
+    NotFoundError,
+    ObjectExistsError,
+    StorageError,
+)
+from cloudbm.pg import datadir, walnames
+from cloudbm.pg.session import BackupSession, ServerInfo, parse_backup_label
+from cloudbm.repository import Repository
+from cloudbm.tarstream import TarPartReader, plan_parts
+
+log = logging.getLogger("cloudbm")
+
+CONTROL_FILE = "global/pg_control"
+WAL_POLL_SECONDS = 1.0
+
+
+class BackupRunningError(CheckFailed):
+    """Another backup-push of the same server runs on this host."""
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    label: str | None = None
+    immediate_checkpoint: bool | None = None
+    bandwidth_limit: int | None = None
+    keep: str | None = None
+    progress: bool = True
+
+
+class _HashingReader:
+    """Counts and hashes the stored bytes as storage reads them; applies the rate limit."""
+
+    def __init__(self, inner: Any, limiter: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._limiter = limiter
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._inner.read(n)
+        if data:
+            self._limiter(len(data))
+            self.sha.update(data)
+            self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _ProgressReader:
+    """Reports plaintext tar bytes to the progress display."""
+
+    def __init__(self, inner: TarPartReader, progress: Progress) -> None:
+        self._inner = inner
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._progress.add(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _server_lock(settings: Settings) -> Iterator[None]:
+    path = spool_dir(settings) / "backup.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = Path(path).read_text().strip() or "?"
+            raise BackupRunningError(
+                f"another backup-push of server {settings.server!r} is running (pid {other})",
+                hint="wait for it to finish; only one backup per server runs at a time",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+class BackupRun:
+    """State of one backup-push run."""
+
+    def __init__(self, settings: Settings, repo: Repository, options: BackupOptions) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.options = options
+        self.backup_id = ""
+        self.limiter = RateLimiter(
+            options.bandwidth_limit if options.bandwidth_limit else settings.bandwidth_limit
+        )
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    def upload_part(self, number: int, files: list[datadir.Entry], progress: Progress) -> PartInfo:
+        """Stream one tar part into storage; retried from the files on transient failure."""
+        from cloudbm.codec.envelope import EncodingReader
+
+        key = part_key(self.backup_id, number)
+        planned = sum(f.size for f in files) + 1024 * (len(files) + 2)
+        params = self.repo.encode_params()
+        attempt = 0
+        while True:
+            attempt += 1
+            tar = TarPartReader(files)
+            encoded = EncodingReader(_ProgressReader(tar, progress), name=key, params=params)
+            stored = _HashingReader(encoded, self.limiter)
+            try:
+                self.repo.storage.put(
+                    key,
+                    stored,  # type: ignore[arg-type]
+                    size_hint=planned + planned // 16 + (1 << 20),
+                )
+                break
+            except StorageError as exc:
+                if not exc.retryable or attempt >= self.settings.max_attempts:
+                    raise
+                log.warning("part %d failed (%s); retrying from the files", number, exc)
+                time.sleep(min(30.0, 2.0**attempt))
+        lines = b"".join(
+            json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in tar.records
+        )
+        files_key = key + ".files"
+        files_blob = self.repo.put_bytes(files_key, lines, params=params)
+        return PartInfo(
+            key=key,
+            files_key=files_key,
+            tar_size=tar.bytes_read,
+            stored_size=stored.size,
+            stored_sha256=stored.sha.hexdigest(),
+            files_stored_size=files_blob.size,
+            files_stored_sha256=files_blob.sha256,
+            file_count=sum(1 for r in tar.records if not r.missing),
+        )
+
+    def copy_files(
+        self, pgdata: Path, info: ServerInfo, spaces: list[datadir.Tablespace]
+    ) -> tuple[list[PartInfo], int]:
+        """Walk, group and upload; returns parts and the bytes of files backed up."""
+        excludes = []
+        spool = Path(self.settings.spool_directory).resolve()
+        if spool.is_relative_to(pgdata.resolve()):
+            excludes.append(str(spool))
+        total = sum(
+            e.size
+            for e in datadir.walk(
+                pgdata, major=info.major, tablespaces=spaces, extra_excludes=excludes
+            )
+            if e.kind == "file"
+        )
+        progress = Progress(f"backup {self.backup_id}", total, enabled=self.options.progress)
+        entries = datadir.walk(
+            pgdata, major=info.major, tablespaces=spaces, extra_excludes=excludes
+        )
+        jobs = max(1, self.settings.jobs)
+        parts: dict[int, PartInfo] = {}
+        size = 0
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cloudbm-part") as pool:
+            pending: set[Future[PartInfo]] = set()
+            futures: dict[Future[PartInfo], int] = {}
+            planned = plan_parts(entries, target_size=self.settings.backup_part_size)
+            for number, files in enumerate(planned, start=1):
+                size += sum(f.size for f in files if f.kind == "file")
+                if any(f.path == CONTROL_FILE for f in files):
+                    # pg_control goes last: only after every other part is stored.
+                    self._drain(pending, futures, parts, until=0)
+                fut = pool.submit(self.upload_part, number, files, progress)
+                pending.add(fut)
+                futures[fut] = number
+                self._drain(pending, futures, parts, until=jobs)
+            self._drain(pending, futures, parts, until=0)
+        progress.finish()
+        return [parts[n] for n in sorted(parts)], size
+
+    @staticmethod
+    def _drain(
+        pending: set[Future[PartInfo]],
+        futures: dict[Future[PartInfo], int],
+        parts: dict[int, PartInfo],
+        until: int,
+    ) -> None:
+        """Wait until at most `until` uploads are pending; the first failure is raised."""
+        while len(pending) > until:
+            finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in finished:
+                pending.discard(fut)
+                parts[futures[fut]] = fut.result()
+
+    # -- WAL -----------------------------------------------------------------------------------
+
+    def wait_for_wal(self, first: str, last: str, segment_size: int, timeout: float) -> None:
+        """Every segment from `first` to `last` must be in the archive before the backup is
+        DONE (a standby's stop call does not wait; a primary's may be told not to)."""
+        needed = [first]
+        if last != first:
+            start = walnames.segment_number(walnames.parse(first), segment_size)
+            end = walnames.segment_number(walnames.parse(last), segment_size)
+            tli = walnames.parse(first).timeline
+            needed = [walnames.from_number(tli, n, segment_size) for n in range(start, end + 1)]
+        deadline = time.monotonic() + timeout
+        missing = list(needed)
+        while True:
+            missing = [n for n in missing if not self._archived(n)]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise CheckFailed(
+                    f"WAL {missing[0]} (and {len(missing) - 1} more) needed by backup "
+                    f"{self.backup_id} did not reach the archive within {timeout:.0f}s",
+                    hint="check archive_command and pg_stat_archiver; on a standby, the "
+                    "primary must switch WAL (archive_timeout) or use archive_mode=always",
+                )
+            time.sleep(WAL_POLL_SECONDS)
+
+    def _archived(self, name: str) -> bool:
+        try:
+            self.repo.storage.head(wal_key(walnames.parse(name)))
+        except NotFoundError:
+            return False
+        return True
+
+    # -- small objects -------------------------------------------------------------------------
+
+    def put_json(self, name: str, doc: dict[str, Any]) -> None:
+        raw = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        self.repo.storage.put(backup_prefix(self.backup_id) + name, raw, if_absent=True)
+
+    def claim_id(self, record: StartedRecord) -> None:
+        """Take the first free id: started.json is written with put-if-absent."""
+        base = record.backup_id
+        for suffix in range(0, 100):
+            self.backup_id = base if suffix == 0 else f"{base}-{suffix}"
+            doc = asdict(record)
+            doc["backup_id"] = self.backup_id
+            try:
+                self.put_json("started.json", doc)
+                return
+            except ObjectExistsError:
+                continue
+        raise CheckFailed(f"could not allocate a backup id near {base}")
+
+
+def _hook_env(
+    settings: Settings, run: BackupRun, previous: str, status: str, error: str
+) -> dict[str, str]:
+    return {
+        "CLOUDBM_SERVER": settings.server,
+        "CLOUDBM_BACKUP_ID": run.backup_id,
+        "CLOUDBM_BACKUP_DIR": f"{settings.repository.rstrip('/')}/{backup_prefix(run.backup_id)}",
+        "CLOUDBM_PREVIOUS_ID": previous,
+        "CLOUDBM_STATUS": status,
+        "CLOUDBM_ERROR": error,
+    }
+
+
+def backup_push(settings: Settings, options: BackupOptions) -> Manifest:
+    """Take a base backup; returns the manifest of the DONE backup."""
+    with _server_lock(settings):
+        repo = open_repository(settings)
+        try:
+            return _backup(settings, repo, options)
+        finally:
+            repo.storage.close()
+
+
+def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Manifest:
+    session = BackupSession(settings.conninfo)
+    run = BackupRun(settings, repo, options)
+    started = False
+    stopped = False
+    previous = ""
+    try:
+        info = session.info()
+        session.check(info)
+        pgdata = Path(settings.pgdata or info.data_directory)
+        if settings.pgdata is None:
+            settings = _with_pgdata(settings, info.data_directory)
+            run.settings = settings
+        try:
+            repo.check_cluster(info.system_identifier, info.major)
+        except NotFoundError:
+            initialise_repository(settings, repo)
+            repo.check_cluster(info.system_identifier, info.major)
+        identity_file = pgdata / "global" / "pg_control"
+        if not identity_file.exists():
+            raise CheckFailed(
+                f"{pgdata} is not the server's data directory (no global/pg_control)",
+                hint="run backup-push on the database host, with pgdata set",
+            )
+        repo.key_wrapper()
+        finished = [e for e in load_catalogue(repo) if e.status == DONE]
+        previous = finished[-1].backup_id if finished else ""
+        begin = utc_now()
+        backup_id = new_backup_id(begin)
+        label = options.label or f"cloudbm backup {backup_id}"
+        run.claim_id(
+            StartedRecord(
+                backup_id,
+                settings.server,
+                label,
+                iso(begin),
+                system_identifier=str(info.system_identifier),
+            )
+        )
+        run_hook(
+            settings.pre_backup_script,
+            "pre",
+            _hook_env(settings, run, previous, "STARTED", ""),
+            fatal=True,
+        )
+        spaces_info = session.tablespaces()
+        spaces = [datadir.Tablespace(t.oid, t.name, t.location) for t in spaces_info]
+        fast = (
+            settings.immediate_checkpoint
+            if options.immediate_checkpoint is None
+            else options.immediate_checkpoint
+        )
+        log.info(
+            "backup %s: starting (%s checkpoint)", run.backup_id, "immediate" if fast else "spread"
+        )
+        start = session.start_backup(label, fast, info)
+        started = True
+        session.start_keepalive()
+        parts, size = run.copy_files(pgdata, info, spaces)
+        stop = session.stop_backup(info, wait_for_archive=not info.in_recovery)
+        stopped = True
+        label_info = parse_backup_label(stop.backup_label)
+        timeline = label_info.start_timeline
+        segment_size = info.wal_segment_size
+        start_wal = label_info.start_wal
+        stop_wal = walnames.lsn_to_segment(timeline, max(stop.lsn - 1, start.lsn), segment_size)
+        run.put_json(
+            "waiting.json",
+            {
+                "stop_lsn": walnames.format_lsn(stop.lsn),
+                "stop_wal": stop_wal,
+                "since": iso(utc_now()),
+            },
+        )
+        if info.in_recovery:
+            log.info("backup %s: waiting for %s to reach the archive", run.backup_id, stop_wal)
+        run.wait_for_wal(start_wal, stop_wal, segment_size, settings.wal_wait_timeout)
+        manifest = _write_manifest(
+            run,
+            info,
+            label,
+            begin,
+            parts,
+            size,
+            spaces_info,
+            start_wal,
+            stop_wal,
+            timeline,
+            start.lsn,
+            stop,
+            label_info.backup_from,
+        )
+        if options.keep:
+            run.put_json("keep.json", {"target": options.keep, "since": iso(utc_now())})
+        run_hook(
+            settings.post_backup_script,
+            "post",
+            _hook_env(settings, run, previous, DONE, ""),
+            fatal=False,
+        )
+        return manifest
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, CloudbmError) else f"{type(exc).__name__}: {exc}"
+        if started and not stopped:
+            with contextlib.suppress(CloudbmError):
+                session.stop_backup(info, wait_for_archive=False)
+        if run.backup_id:
+            with contextlib.suppress(CloudbmError):
+                run.put_json("failed.json", {"error": message, "time": iso(utc_now())})
+            run_hook(
+                settings.post_backup_script,
+                "post",
+                _hook_env(settings, run, previous, "FAILED", message),
+                fatal=False,
+            )
+        raise
+    finally:
+        session.close()
+
+
+def _with_pgdata(settings: Settings, pgdata: str) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, pgdata=pgdata)
+
+
+def _write_manifest(
+    run: BackupRun,
+    info: ServerInfo,
+    label: str,
+    begin: Any,
+    parts: list[PartInfo],
+    size: int,
+    spaces: list[Any],
+    start_wal: str,
+    stop_wal: str,
+    timeline: int,
+    start_lsn: int,
+    stop: Any,
+    backup_from: str,
+) -> Manifest:
+    """The recovery object (encrypted) then the summary (plain), each pinning the other."""
+    repo = run.repo
+    desc = repo.read_descriptor()
+    recovery_key = backup_prefix(run.backup_id) + "recovery"
+    draft = Manifest(
+        backup_id=run.backup_id,
+        server=run.settings.server,
+        label=label,
+        begin_time=iso(begin),
+        end_time=iso(utc_now()),
+        start_lsn=walnames.format_lsn(start_lsn),
+        stop_lsn=walnames.format_lsn(stop.lsn),
+        start_wal=start_wal,
+        stop_wal=stop_wal,
+        timeline=timeline,
+        backup_from=backup_from,
+        pg_version=info.version.split(" on ")[0],
+        pg_version_num=info.version_num,
+        system_identifier=str(info.system_identifier),
+        wal_segment_size=info.wal_segment_size,
+        size=size,
+        tar_size=sum(p.tar_size for p in parts),
+        stored_size=sum(p.stored_size + p.files_stored_size for p in parts),
+        file_count=sum(p.file_count for p in parts),
+        parts=tuple(parts),
+        tablespaces=tuple(TablespaceRecord(t.oid, t.name, t.location) for t in spaces),
+        compression=run.settings.compression,
+        encryption=desc.encryption,
+        key_id=desc.key_id,
+        recovery_key=recovery_key,
+        recovery_stored_sha256="",
+        cloudbm_version=__version__,
+    )
+    recovery_doc = {
+        "backup_label": stop.backup_label,
+        "tablespace_map": stop.tablespace_map,
+        "manifest_sha256": draft.canonical_sha256(),
+    }
+    blob = repo.put_bytes(
+        recovery_key, json.dumps(recovery_doc, sort_keys=True).encode(), if_absent=True
+    )
+    from dataclasses import replace
+
+    manifest = replace(draft, recovery_stored_sha256=blob.sha256)
+    repo.storage.put(manifest_key(run.backup_id), manifest.to_json(), if_absent=True)
+    return manifest
+
+
+def summary_line(m: Manifest, elapsed: float) -> str:
+    ratio = 100.0 * m.stored_size / max(m.size, 1)
+    return (
+        f"backup {m.backup_id} DONE: {human_bytes(m.size)} in {m.file_count} files, "
+        f"{len(m.parts)} part(s), stored {human_bytes(m.stored_size)} ({ratio:.0f}%), "
+        f"{elapsed:.1f}s, WAL {m.start_wal}..{m.stop_wal} (timeline {m.timeline})"
+    )

@@ -1,0 +1,223 @@
+"""Base backups of real clusters: `cloudbm backup-push` while pgbench runs, into every backend
+and on every supported PostgreSQL major. Each backup's parts are decoded back and compared with
+its manifest, and the manifest with the data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudbm.pg import datadir
+from tests.integration.backup_checks import (
+    check_against_datadir,
+    decode_all_parts,
+    load_manifest,
+    open_repo,
+    stable_files,
+)
+from tests.integration.pgcluster import (
+    CLOUDBM,
+    PgCluster,
+    as_postgres,
+    chown_tree,
+    postgres_dir,
+    running_cluster,
+)
+from tests.integration.repos import BACKENDS, RepoTarget, make_target, write_config
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+OTHER_MAJORS = (13, 14, 16, 17, 18)
+
+
+@dataclass
+class Site:
+    """A cluster with a user tablespace, archiving into a repository, and its cloudbm config."""
+
+    cluster: PgCluster
+    target: RepoTarget
+    workdir: Path
+    config: Path
+    major: int
+
+    def cloudbm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return as_postgres(
+            [str(CLOUDBM), "--config", str(self.config), *args],
+            env=self.target.env,
+            cwd=self.cluster.pgdata,
+            check=False,
+            timeout=timeout,
+        )
+
+    def cloudbm_background(self, *args: str) -> subprocess.Popen[str]:
+        env = {"PATH": "/usr/bin:/bin", **self.target.env}
+        cmd = ["runuser", "-u", "postgres", "--", "env", *(f"{k}={v}" for k, v in env.items()),
+               str(CLOUDBM), "--config", str(self.config), *args]
+        return subprocess.Popen(cmd, cwd=self.cluster.pgdata, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def pgbench(self, *args: str) -> subprocess.Popen[bytes]:
+        cmd = ["runuser", "-u", "postgres", "--", "/usr/bin/pgbench", "-h",
+               str(self.cluster.socket_dir), "-p", str(self.cluster.port), *args, "postgres"]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def tablespaces(self) -> list[datadir.Tablespace]:
+        return datadir.list_tablespaces(self.cluster.pgdata)
+
+
+@contextmanager
+def make_site(
+    backend: str, endpoints: Any, bin_dir: Path | None = None, major: int = 15,
+    extra_keys: dict[str, Any] | None = None,
+) -> Iterator[Site]:
+    workdir = postgres_dir(f"cloudbm-bk-{backend}-")
+    target = make_target(backend, endpoints, workdir)
+    (workdir / "ts").mkdir()
+    subprocess.run([str(CLOUDBM), "keygen", "--type", "symmetric", str(workdir / "repo.key")],
+                   check=True, capture_output=True)
+    config = workdir / "cloudbm.toml"
+    keys: dict[str, Any] = {
+        "repository": target.url,
+        "spool_directory": str(workdir / "spool"),
+        "encryption": "keyfile",
+        "key_file": str(workdir / "repo.key"),
+        "backup_part_size": 4 * 1024 * 1024,
+        "wal_wait_timeout": 60,
+        **target.keys,
+        **(extra_keys or {}),
+    }
+    write_config(config, "main", keys)  # archive_command needs it before the server starts
+    chown_tree(workdir)
+    command = f"{CLOUDBM} --config {config} wal-push %p"
+    try:
+        with running_cluster(command, env=target.env,
+                             bin_dir=bin_dir or Path("/usr/lib/postgresql/15/bin")) as cluster:
+            keys["conninfo"] = (f"host={cluster.socket_dir} port={cluster.port} "
+                                "user=postgres dbname=postgres")
+            keys["pgdata"] = str(cluster.pgdata)
+            write_config(config, "main", keys)
+            cluster.psql(f"CREATE TABLESPACE ts LOCATION '{workdir / 'ts'}'")
+            cluster.psql("CREATE TABLE in_ts (id int, v text) TABLESPACE ts")
+            cluster.psql("INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+            cluster.psql("CREATE UNLOGGED TABLE scratch (id int)")
+            cluster.psql("INSERT INTO scratch SELECT generate_series(1, 1000)")
+            yield Site(cluster, target, workdir, config, major)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def env_for(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def apply(site: Site) -> None:
+        for key, value in site.target.env.items():
+            monkeypatch.setenv(key, value)
+    return apply
+
+
+def _backup_under_load(site: Site) -> dict[str, Any]:
+    """pgbench init, then a backup while pgbench writes; returns the --json summary."""
+    init = site.pgbench("-i", "-s", "2", "-q")
+    assert init.wait(timeout=120) == 0, init.stderr.read() if init.stderr else ""
+    before = stable_files(site.cluster.pgdata, site.major, site.tablespaces())
+    load = site.pgbench("-T", "8", "-c", "2")
+    try:
+        time.sleep(1)
+        res = site.cloudbm("--json", "backup-push", "--label", "under load")
+    finally:
+        load.wait(timeout=60)
+    assert res.returncode == 0, res.stderr + site.cluster.server_log()[-2000:]
+    after = stable_files(site.cluster.pgdata, site.major, site.tablespaces())
+    summary: dict[str, Any] = json.loads(res.stdout)
+    summary["_stable"] = before & after
+    return summary
+
+
+def _verify(site: Site, summary: dict[str, Any], env_for: Any) -> None:
+    env_for(site)
+    repo = open_repo(site.config)
+    try:
+        manifest = load_manifest(repo, summary["backup_id"])
+        assert manifest.status == "DONE"
+        records = decode_all_parts(repo, manifest)
+        check_against_datadir(records, site.cluster.pgdata, site.major, summary["_stable"])
+        spaces = {t.name: t for t in manifest.tablespaces}
+        assert spaces["ts"].location == str(site.workdir / "ts")
+        assert any(p.startswith(f"pg_tblspc/{spaces['ts'].oid}/PG_") for p in records)
+        # unlogged relation: only its init fork is backed up
+        relpath = site.cluster.psql("SELECT pg_relation_filepath('scratch')")
+        assert relpath not in records and relpath + "_init" in records
+        assert manifest.start_wal <= manifest.stop_wal
+    finally:
+        repo.storage.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backup_under_load_decodes_to_the_manifest(
+    backend: str, localstack_endpoints: Any, env_for: Any
+) -> None:
+    with make_site(backend, localstack_endpoints) as site:
+        summary = _backup_under_load(site)
+        assert len(summary["parts"]) >= 2  # 4 MiB parts: the data spans several
+        _verify(site, summary, env_for)
+        listed = site.cloudbm("--json", "backup-list")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)["backups"]
+        assert row["status"] == "DONE" and row["backup_id"] == summary["backup_id"]
+        shown = site.cloudbm("backup-show", "latest")
+        assert shown.returncode == 0, shown.stderr
+        assert summary["backup_id"] in shown.stdout and "ts (oid" in shown.stdout
+
+
+@pytest.mark.parametrize("major", OTHER_MAJORS)
+def test_backup_on_every_supported_major(major: int, env_for: Any) -> None:
+    bindir = subprocess.run([str(ROOT / "pgversions" / "bindir"), str(major)],
+                            capture_output=True, text=True)
+    assert bindir.returncode == 0, bindir.stderr
+    with make_site("local", None, bin_dir=Path(bindir.stdout.strip()), major=major) as site:
+        summary = _backup_under_load(site)
+        assert summary["pg_version_num"] // 10000 == major
+        _verify(site, summary, env_for)
+
+
+def test_killed_backup_never_looks_done_and_a_second_run_is_refused(env_for: Any) -> None:
+    # A bandwidth limit keeps the first run busy long enough to be caught mid-copy.
+    with make_site("local", None, extra_keys={"bandwidth_limit": 256}) as site:
+        init = site.pgbench("-i", "-s", "2", "-q")
+        assert init.wait(timeout=120) == 0
+        first = site.cloudbm_background("backup-push", "--no-progress")
+        repo_dir = Path(site.target.url.removeprefix("file://"))
+        deadline = time.monotonic() + 60
+        while not list(repo_dir.glob("backups/*/data/part-00001*")):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "backup never started copying"
+            time.sleep(0.1)
+        second = site.cloudbm("backup-push")
+        assert second.returncode == 3, second.stderr
+        assert "another backup-push" in second.stderr
+        # kill -9 the cloudbm process itself (runuser is its parent)
+        pids = subprocess.run(["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
+                              capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            os.kill(int(pid), signal.SIGKILL)
+        first.wait(timeout=30)
+        assert not list(repo_dir.glob("backups/*/manifest.json"))
+        listed = site.cloudbm("--json", "backup-list")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)["backups"]
+        assert row["status"] in ("INCOMPLETE", "FAILED"), row
+        assert site.cloudbm("backup-show", "latest").returncode == 1
+        # the server ended backup mode with the session: a new backup works
+        res = site.cloudbm("--json", "backup-push", "--bandwidth-limit", "1000000")
+        assert res.returncode == 0, res.stderr
