@@ -74,6 +74,72 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
+    p = sub.add_parser(
+        "recover",
+        help="rebuild a data directory from a backup and configure point-in-time recovery",
+    )
+    p.add_argument(
+        "ids",
+        nargs="+",
+        metavar="[ID] DEST",
+        help="backup id (latest/oldest; default: the newest DONE backup that "
+        "ended before the target) and the directory to restore into",
+    )
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--target-time", help="recover up to this time (with a time zone)")
+    tgt.add_argument("--target-xid", help="recover up to this transaction id")
+    tgt.add_argument("--target-lsn", help="recover up to this WAL location")
+    tgt.add_argument("--target-name", help="recover up to this named restore point")
+    tgt.add_argument(
+        "--target-immediate", action="store_true", help="stop as soon as the backup is consistent"
+    )
+    p.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="stop just before the target (recovery_target_inclusive = off)",
+    )
+    p.add_argument(
+        "--target-tli",
+        default="latest",
+        help="timeline to follow: latest (default), current or a number",
+    )
+    p.add_argument(
+        "--target-action",
+        choices=("pause", "promote", "shutdown"),
+        help="what PostgreSQL does at the target (its default: pause)",
+    )
+    p.add_argument(
+        "--tablespace",
+        action="append",
+        default=[],
+        metavar="NAME:DIR",
+        help="restore tablespace NAME into DIR (repeatable)",
+    )
+    p.add_argument(
+        "--standby", action="store_true", help="write standby.signal instead of recovery.signal"
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--delta",
+        action="store_true",
+        help="reuse files in DEST that match "
+        "the backup, rewrite the rest, remove what the backup lacks",
+    )
+    mode.add_argument("--force", action="store_true", help="restore into a non-empty DEST")
+    p.add_argument(
+        "--archive-mode",
+        choices=("on", "off"),
+        help="off: the recovered "
+        "cluster does not archive (a clone must not push into production's archive)",
+    )
+    p.add_argument(
+        "--restore-command",
+        help="restore_command to write (default: this "
+        "cloudbm's wal-fetch with the same configuration)",
+    )
+    p.add_argument("--jobs", type=int, help="parts downloaded in parallel (default: jobs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("backup-push", help="take a base backup of the running cluster")
     p.add_argument("--label", help="backup label (default: 'cloudbm backup <ID>')")
     ckpt = p.add_mutually_exclusive_group()
@@ -134,14 +200,19 @@ def _configure_logging(verbose: int, quiet: bool, command: str) -> None:
     root.propagate = False
 
 
-def _global_args(args: argparse.Namespace) -> list[str]:
-    """The global flags of this invocation, for helper processes started on its behalf."""
+def _global_args(args: argparse.Namespace, absolute: bool = False) -> list[str]:
+    """The global flags of this invocation, for helper processes started on its behalf (and,
+    with absolute paths, for the restore_command a recovery writes)."""
     out: list[str] = []
+    config = args.config or (os.environ.get("CLOUDBM_CONFIG") if absolute else None)
+    if absolute and config:
+        config = os.path.abspath(config)
+    server = args.server or (os.environ.get("CLOUDBM_SERVER") if absolute else None)
     for flag, value in (
-        ("--config", args.config),
-        ("--server", args.server),
+        ("--config", config),
+        ("--server", server),
         ("--repo", args.repository),
-        ("--pgdata", args.pgdata),
+        ("--pgdata", None if absolute else args.pgdata),
     ):
         if value:
             out += [flag, value]
@@ -229,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
         doc = show_backup(_settings(args), args.backup_id)
         _emit(args, format_show(doc), doc)
         return 0
+    if command == "recover":
+        return _recover(args)
     if command == "init":
         from cloudbm.commands.init import init
 
@@ -276,6 +349,79 @@ def run(args: argparse.Namespace) -> int:
         _emit(args, "\n".join(f"{k} = {v!r}" for k, v in sorted(settings.items())), settings)
         return 0
     raise CloudbmError(f"unknown command {command}")
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from cloudbm.commands.recover import RecoverOptions, recover
+    from cloudbm.errors import ConfigError
+    from cloudbm.pg.recovery_conf import RecoveryTarget
+
+    if len(args.ids) > 2:
+        raise ConfigError("recover takes at most a backup id and a destination")
+    backup_id, dest = (args.ids[0], args.ids[1]) if len(args.ids) == 2 else (None, args.ids[0])
+    if backup_id is None and not any(
+        (
+            args.target_time,
+            args.target_xid,
+            args.target_lsn,
+            args.target_name,
+            args.target_immediate,
+        )
+    ):
+        backup_id = "latest"
+    spaces: dict[str, str] = {}
+    for item in args.tablespace:
+        name, sep, directory = item.partition(":")
+        if not sep or not name or not directory:
+            raise ConfigError(f"--tablespace {item!r} is not NAME:DIR")
+        spaces[name] = directory
+    if args.target_tli not in ("latest", "current") and not args.target_tli.isdigit():
+        raise ConfigError(f"--target-tli {args.target_tli!r} is not latest, current or a number")
+    target = RecoveryTarget(
+        time=args.target_time,
+        xid=args.target_xid,
+        lsn=args.target_lsn,
+        name=args.target_name,
+        immediate=args.target_immediate,
+        inclusive=not args.exclusive,
+        timeline=args.target_tli,
+        action=args.target_action,
+    )
+    settings = _settings(args)
+    if args.jobs:
+        from dataclasses import replace
+
+        settings = replace(settings, jobs=args.jobs)
+    result = recover(
+        settings,
+        RecoverOptions(
+            backup_id=backup_id,
+            dest=Path(dest),
+            target=target,
+            tablespace_map=spaces,
+            standby=args.standby,
+            delta=args.delta,
+            force=args.force,
+            archive_mode_off=args.archive_mode == "off",
+            restore_command=args.restore_command,
+            global_args=tuple(_global_args(args, absolute=True)),
+            progress=not (args.no_progress or args.json or args.quiet),
+        ),
+    )
+    text = (
+        f"recovered backup {result.backup_id} into {result.dest}: {result.files_written} files "
+        f"written, {result.files_kept} kept, {result.files_removed} removed; "
+        f"{result.wal_checked} WAL segments checked in the archive.\n"
+        f"recovery target: {result.target['kind']}"
+        + (f" {result.target['value']}" if result.target["value"] else "")
+        + f", timeline {result.target['timeline']}\n"
+        f"next: {result.start_command}"
+    )
+    _emit(args, text, asdict(result))
+    return 0
 
 
 def _fetch_error_exit() -> int:

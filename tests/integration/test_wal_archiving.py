@@ -60,6 +60,22 @@ class Archive:
             check=False,
         )
 
+    def isolated_fetch_config(self, tag: str) -> Path:
+        """A fetch config with its own empty spool and no prefetch, so a result comes from
+        storage and not from segments prefetched by earlier tests."""
+        keys = dict(self.keys)
+        keys.update(
+            {
+                "repository": self.target.url,
+                **self.target.keys,
+                "wal_prefetch": 0,
+                "spool_directory": str(self.workdir / f"spool-{tag}"),
+            }
+        )
+        if keys.get("encryption") == "public-key":
+            keys["private_key_file"] = str(self.workdir / "repo.key")
+        return write_config(self.workdir / f"{tag}.toml", "main", keys)
+
     def fetch(
         self, name: str, dest: str = "pg_wal/RECOVERYXLOG"
     ) -> subprocess.CompletedProcess[str]:
@@ -275,7 +291,8 @@ def test_corrupt_object_fails_with_integrity_status(archive: Archive) -> None:
     try:
         blob[len(blob) // 2] ^= 0x01
         storage.put(key, bytes(blob), metadata=meta)
-        res = archive.fetch(name)
+        config = archive.isolated_fetch_config("corrupt")
+        res = archive.cloudbm("wal-fetch", name, "pg_wal/RECOVERYXLOG", config=config)
         assert res.returncode > 125, (res.returncode, res.stderr)
         assert not (archive.cluster.pgdata / "pg_wal" / "RECOVERYXLOG").exists()
     finally:
