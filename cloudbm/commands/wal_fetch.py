@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -108,19 +109,22 @@ class Spool:
     def count(self) -> int:
         return sum(1 for p in self.ready.iterdir() if not p.name.startswith("."))
 
-    def remember_absent(self, name: str) -> None:
-        (self.absent / name).touch()
+    def remember_absent(self, name: str, session: str) -> None:
+        (self.absent / f"{name}@{session}").touch()
 
-    def known_absent(self, name: str, ttl: float) -> bool:
+    def known_absent(self, name: str, session: str, ttl: float) -> bool:
         try:
-            age = time.time() - (self.absent / name).stat().st_mtime
+            age = time.time() - (self.absent / f"{name}@{session}").stat().st_mtime
         except FileNotFoundError:
             return False
         return age < ttl
 
-    def forget_absent(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.absent / name).unlink()
+    def prune_absent(self, ttl: float) -> None:
+        now = time.time()
+        for path in self.absent.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= ttl:
+                    path.unlink()
 
     def prune(self, served: str) -> None:
         """Drop entries recovery has moved past (names before `served` on its timeline) and
@@ -136,6 +140,25 @@ class Spool:
                 continue
 
 
+_SHELLS = {"sh", "dash", "bash"}
+
+
+def recovery_session() -> str:
+    """Who is asking: the data directory plus the PostgreSQL process that runs
+    restore_command (through a shell or not). A cached miss is only ever reused by the same
+    recovery, never by another one that started later (a new timeline may exist by then)."""
+    pid = os.getppid()
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            if fh.read().strip() in _SHELLS:
+                with open(f"/proc/{pid}/stat") as st:
+                    pid = int(st.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    digest = hashlib.sha256(os.getcwd().encode()).hexdigest()[:12]
+    return f"{digest}-{pid}"
+
+
 def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: list[str]) -> str:
     """restore_command entry point. Returns where the file came from ('spool' or 'storage')."""
     name = walnames.parse(name_arg)
@@ -146,17 +169,18 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
     if spool.take(name.name, dest):
         _maybe_start_prefetch(settings, spool, name, global_args)
         return "spool"
-    if name.kind is walnames.WalKind.HISTORY and spool.known_absent(
-        name.name, settings.history_miss_cache_seconds
-    ):
+    ttl = settings.history_miss_cache_seconds
+    session = recovery_session()
+    if name.kind is walnames.WalKind.HISTORY and spool.known_absent(name.name, session, ttl):
         raise NotFoundError(f"{name.name} is not in the archive (cached)")
     repo = open_repository(settings)
     try:
         try:
             data, _info = repo.get_bytes(wal_key(name))
         except ObjectNotFoundError:
-            if name.kind is walnames.WalKind.HISTORY:
-                spool.remember_absent(name.name)
+            if name.kind is walnames.WalKind.HISTORY and ttl > 0:
+                spool.prune_absent(ttl)
+                spool.remember_absent(name.name, session)
             raise NotFoundError(f"{name.name} is not in the archive") from None
         write_durably(dest, data)
     finally:

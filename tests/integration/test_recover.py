@@ -17,8 +17,7 @@ import pytest
 
 from tests.integration.pgcluster import PgCluster, postgres_dir
 from tests.integration.recovery import snapshot, start_recovered, wait_promoted
-from tests.integration.repos import BACKENDS
-from tests.integration.test_backup_push import ROOT, Site, make_site
+from tests.integration.test_backup_push import Site, make_site
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +146,81 @@ def test_recovery_reaches_each_target_with_the_data_of_that_moment(
     backup = history.backup_id if case in ("immediate", "xid", "xid-exclusive", "name") else None
     cluster = _recover_and_compare(history, case, expected, args, backup=backup)
     cluster.stop("immediate")
+
+
+def test_tablespace_is_restored_where_it_was_relocated(history: History) -> None:
+    restored = history.restores / "latest-ts"
+    assert any(restored.glob("PG_15_*/*/*")), "no relation files in the relocated tablespace"
+    links = list((history.restores / "latest" / "pg_tblspc").iterdir())
+    assert [link.resolve() for link in links] == [restored.resolve()]
+    # PostgreSQL renames the map once it has recreated the links from it.
+    spcmap = (history.restores / "latest" / "tablespace_map.old").read_text()
+    assert str(restored) in spcmap
+
+
+def test_delta_restore_over_a_stale_copy_keeps_matching_files(history: History) -> None:
+    # A stale copy: the backup recovered to its consistency point, then run and changed.
+    stale = _recover_and_compare(
+        history,
+        "delta",
+        history.targets["immediate"][1],
+        history.targets["immediate"][0],
+        backup=history.backup_id,
+    )
+    stale.psql("INSERT INTO t VALUES (-1, 'stale')")
+    stale.stop("fast")
+    args, expected = history.targets["latest"]
+    res = history.recover("delta", "--delta", *args)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["files_kept"] > 0 and summary["files_written"] > 0
+    cluster = history.start("delta")
+    try:
+        wait_promoted(cluster)
+        assert snapshot(cluster) == expected
+    finally:
+        cluster.stop("immediate")
+
+
+def test_non_empty_destination_is_refused(history: History) -> None:
+    dest = history.restores / "busy"
+    dest.mkdir()
+    (dest / "precious").write_text("keep me")
+    res = history.recover("busy")
+    assert res.returncode == 2, res.stderr
+    assert "not empty" in res.stderr
+    assert (dest / "precious").read_text() == "keep me"
+
+
+def test_timeline_switch_recovers_along_either_timeline(history: History) -> None:
+    """Recover, promote, write and archive on timeline 2; then recover to the latest point of
+    timeline 2, and to a point on timeline 1 before the switch."""
+    res = history.site.cloudbm(
+        "--json",
+        "recover",
+        str(history.restores / "tl2"),
+        "--tablespace",
+        f"ts:{history.restores / 'tl2-ts'}",
+        "--no-progress",
+        "--target-action",
+        "promote",
+        "--target-time",
+        history.targets["time"][0][1],
+    )
+    assert res.returncode == 0, res.stderr
+    tl2 = history.start("tl2")
+    try:
+        wait_promoted(tl2)
+        _insert(tl2, 9001, 250)
+        on_tl2 = snapshot(tl2)
+        tl2.wait_archived()
+    finally:
+        tl2.stop("fast")
+    latest = _recover_and_compare(history, "tl2-latest", on_tl2, [], backup=history.backup_id)
+    assert latest.psql("SELECT timeline_id FROM pg_control_checkpoint()") != "1"
+    latest.stop("immediate")
+    args, expected = history.targets["lsn"]
+    old = _recover_and_compare(
+        history, "tl1-old", expected, [*args, "--target-tli", "1"], backup=history.backup_id
+    )
+    old.stop("immediate")
