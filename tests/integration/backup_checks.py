@@ -19,8 +19,9 @@ from cloudbm.tarstream import FileRecord, TarExtractor
 def open_repo(config: Path) -> Repository:
     settings = load_settings(config_path=str(config))
     options = settings.storage_options()
-    return Repository(RetryingStorage.from_options(open_storage(settings.repository, options),
-                                                   options), settings)
+    return Repository(
+        RetryingStorage.from_options(open_storage(settings.repository, options), options), settings
+    )
 
 
 def load_manifest(repo: Repository, backup_id: str) -> Manifest:
@@ -50,8 +51,9 @@ def decode_all_parts(repo: Repository, manifest: Manifest) -> dict[str, FileReco
     return records
 
 
-def check_against_datadir(records: dict[str, FileRecord], pgdata: Path, major: int,
-                          stable: set[str]) -> None:
+def check_against_datadir(
+    records: dict[str, FileRecord], pgdata: Path, major: int, stable: set[str]
+) -> None:
     """Every file that existed throughout the backup and is not excluded is in the manifest;
     excluded ones are absent."""
     in_backup = {p for p, r in records.items() if r.kind == "file" and not r.missing}
@@ -66,5 +68,6 @@ def check_against_datadir(records: dict[str, FileRecord], pgdata: Path, major: i
 
 
 def stable_files(pgdata: Path, major: int, spaces: list[datadir.Tablespace]) -> set[str]:
-    return {e.path for e in datadir.walk(pgdata, major=major, tablespaces=spaces)
-            if e.kind == "file"}
+    return {
+        e.path for e in datadir.walk(pgdata, major=major, tablespaces=spaces) if e.kind == "file"
+    }

@@ -78,6 +78,7 @@ class PgCluster:
         self.port = port
         self.bin_dir = bin_dir
         self.env: dict[str, str] = {}
+        self.log_path = base / "server.log"
 
     @property
     def socket_dir(self) -> Path:
@@ -183,7 +184,7 @@ class PgCluster:
 
     def server_log(self) -> str:
         try:
-            return (self.base / "server.log").read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
 

@@ -71,7 +71,7 @@ def free_port() -> int:
     # but a free TCP port keeps the cluster from looking like someone else's in logs.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def postgres_dir(parent: Path | None = None, prefix: str = "cloudbm-pgv-") -> Path:

@@ -27,6 +27,7 @@ def start_recovered(pgdata: Path, bin_dir: Path, env: dict[str, str]) -> PgClust
     cluster.port = free_port()
     cluster.bin_dir = bin_dir
     cluster.env = dict(env)
+    cluster.log_path = base / f"{pgdata.name}.log"
     cluster.configure(
         {
             "port": str(cluster.port),
@@ -35,7 +36,7 @@ def start_recovered(pgdata: Path, bin_dir: Path, env: dict[str, str]) -> PgClust
         }
     )
     as_postgres(
-        [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(base / "server.log"), "-W", "start"],
+        [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(cluster.log_path), "-W", "start"],
         env=cluster.env,
     )
     return cluster

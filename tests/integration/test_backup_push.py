@@ -63,14 +63,36 @@ class Site:
 
     def cloudbm_background(self, *args: str) -> subprocess.Popen[str]:
         env = {"PATH": "/usr/bin:/bin", **self.target.env}
-        cmd = ["runuser", "-u", "postgres", "--", "env", *(f"{k}={v}" for k, v in env.items()),
-               str(CLOUDBM), "--config", str(self.config), *args]
-        return subprocess.Popen(cmd, cwd=self.cluster.pgdata, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        cmd = [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "env",
+            *(f"{k}={v}" for k, v in env.items()),
+            str(CLOUDBM),
+            "--config",
+            str(self.config),
+            *args,
+        ]
+        return subprocess.Popen(
+            cmd, cwd=self.cluster.pgdata, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def pgbench(self, *args: str) -> subprocess.Popen[bytes]:
-        cmd = ["runuser", "-u", "postgres", "--", "/usr/bin/pgbench", "-h",
-               str(self.cluster.socket_dir), "-p", str(self.cluster.port), *args, "postgres"]
+        cmd = [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "/usr/bin/pgbench",
+            "-h",
+            str(self.cluster.socket_dir),
+            "-p",
+            str(self.cluster.port),
+            *args,
+            "postgres",
+        ]
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def tablespaces(self) -> list[datadir.Tablespace]:
@@ -79,14 +101,20 @@ class Site:
 
 @contextmanager
 def make_site(
-    backend: str, endpoints: Any, bin_dir: Path | None = None, major: int = 15,
+    backend: str,
+    endpoints: Any,
+    bin_dir: Path | None = None,
+    major: int = 15,
     extra_keys: dict[str, Any] | None = None,
 ) -> Iterator[Site]:
     workdir = postgres_dir(f"cloudbm-bk-{backend}-")
     target = make_target(backend, endpoints, workdir)
     (workdir / "ts").mkdir()
-    subprocess.run([str(CLOUDBM), "keygen", "--type", "symmetric", str(workdir / "repo.key")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(CLOUDBM), "keygen", "--type", "symmetric", str(workdir / "repo.key")],
+        check=True,
+        capture_output=True,
+    )
     config = workdir / "cloudbm.toml"
     keys: dict[str, Any] = {
         "repository": target.url,
@@ -102,10 +130,12 @@ def make_site(
     chown_tree(workdir)
     command = f"{CLOUDBM} --config {config} wal-push %p"
     try:
-        with running_cluster(command, env=target.env,
-                             bin_dir=bin_dir or Path("/usr/lib/postgresql/15/bin")) as cluster:
-            keys["conninfo"] = (f"host={cluster.socket_dir} port={cluster.port} "
-                                "user=postgres dbname=postgres")
+        with running_cluster(
+            command, env=target.env, bin_dir=bin_dir or Path("/usr/lib/postgresql/15/bin")
+        ) as cluster:
+            keys["conninfo"] = (
+                f"host={cluster.socket_dir} port={cluster.port} user=postgres dbname=postgres"
+            )
             keys["pgdata"] = str(cluster.pgdata)
             write_config(config, "main", keys)
             cluster.psql(f"CREATE TABLESPACE ts LOCATION '{workdir / 'ts'}'")
@@ -123,6 +153,7 @@ def env_for(monkeypatch: pytest.MonkeyPatch) -> Any:
     def apply(site: Site) -> None:
         for key, value in site.target.env.items():
             monkeypatch.setenv(key, value)
+
     return apply
 
 
@@ -182,8 +213,9 @@ def test_backup_under_load_decodes_to_the_manifest(
 
 @pytest.mark.parametrize("major", OTHER_MAJORS)
 def test_backup_on_every_supported_major(major: int, env_for: Any) -> None:
-    bindir = subprocess.run([str(ROOT / "pgversions" / "bindir"), str(major)],
-                            capture_output=True, text=True)
+    bindir = subprocess.run(
+        [str(ROOT / "pgversions" / "bindir"), str(major)], capture_output=True, text=True
+    )
     assert bindir.returncode == 0, bindir.stderr
     with make_site("local", None, bin_dir=Path(bindir.stdout.strip()), major=major) as site:
         summary = _backup_under_load(site)
@@ -207,8 +239,11 @@ def test_killed_backup_never_looks_done_and_a_second_run_is_refused(env_for: Any
         assert second.returncode == 3, second.stderr
         assert "another backup-push" in second.stderr
         # kill -9 the cloudbm process itself (runuser is its parent)
-        pids = subprocess.run(["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
-                              capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(
+            ["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
         first.wait(timeout=30)

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pgcluster import PgCluster, postgres_dir
+from tests.integration.pgcluster import CLOUDBM as CLOUDBM_BIN
+from tests.integration.pgcluster import PgCluster, as_postgres, chown_tree, postgres_dir
 from tests.integration.recovery import snapshot, start_recovered, wait_promoted
-from tests.integration.test_backup_push import Site, make_site
+from tests.integration.repos import BACKENDS
+from tests.integration.test_backup_push import OTHER_MAJORS, ROOT, Site, make_site
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +226,162 @@ def test_timeline_switch_recovers_along_either_timeline(history: History) -> Non
         history, "tl1-old", expected, [*args, "--target-tli", "1"], backup=history.backup_id
     )
     old.stop("immediate")
+
+
+def _simple_history(site: Site) -> tuple[str, str]:
+    """A backup, then more changes; returns (backup id, snapshot at the end)."""
+    c = site.cluster
+    c.psql("CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE ts")
+    _insert(c, 1, 500)
+    res = site.cloudbm("--json", "backup-push", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    for first in (501, 701, 901):  # a few segments of WAL after the backup
+        _insert(c, first, 200)
+        c.psql("SELECT pg_switch_wal()")
+    c.psql("UPDATE t SET v = 'x' WHERE id % 7 = 0")
+    expected = snapshot(c)
+    c.wait_archived()
+    return json.loads(res.stdout)["backup_id"], expected
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "local"])
+def test_recovery_from_each_cloud_backend(backend: str, localstack_endpoints: Any) -> None:
+    with make_site(backend, localstack_endpoints) as site:
+        _backup_id, expected = _simple_history(site)
+        h = History(site, _backup_id, restores=postgres_dir("cloudbm-restores-"))
+        try:
+            cluster = _recover_and_compare(h, "latest", expected, [])
+            cluster.stop("immediate")
+        finally:
+            shutil.rmtree(h.restores, ignore_errors=True)
+
+
+@pytest.mark.parametrize("major", OTHER_MAJORS)
+def test_time_target_on_every_supported_major(major: int) -> None:
+    bindir = subprocess.run(
+        [str(ROOT / "pgversions" / "bindir"), str(major)], capture_output=True, text=True
+    )
+    assert bindir.returncode == 0, bindir.stderr
+    with make_site("local", None, bin_dir=Path(bindir.stdout.strip()), major=major) as site:
+        c = site.cluster
+        c.psql("CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE ts")
+        _insert(c, 1, 500)
+        assert site.cloudbm("backup-push", "--no-progress").returncode == 0
+        _insert(c, 501, 500)
+        time.sleep(1.1)
+        when = c.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')")
+        expected = snapshot(c)
+        time.sleep(1.1)
+        c.psql("DELETE FROM t WHERE id > 100")
+        c.wait_archived()
+        h = History(site, "", restores=postgres_dir("cloudbm-restores-"))
+        try:
+            cluster = _recover_and_compare(
+                h, "time", expected, ["--target-time", when, "--target-action", "promote"]
+            )
+            version = cluster.psql("SHOW server_version_num")
+            assert int(version) // 10000 == major
+            cluster.stop("immediate")
+        finally:
+            shutil.rmtree(h.restores, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def damaged(localstack_endpoints: Any) -> Iterator[History]:
+    """A local site for failure cases (they damage its repository in turn)."""
+    with make_site("local", localstack_endpoints) as site:
+        backup_id, expected = _simple_history(site)
+        h = History(site, backup_id, restores=postgres_dir("cloudbm-restores-"))
+        h.targets["latest"] = ([], expected)
+        yield h
+        shutil.rmtree(h.restores, ignore_errors=True)
+
+
+def _repo_dir(h: History) -> Path:
+    return Path(h.site.target.url.removeprefix("file://"))
+
+
+def test_corrupted_part_stops_recovery_naming_the_object(damaged: History) -> None:
+    part = _repo_dir(damaged) / "backups" / damaged.backup_id / "data" / "part-00001"
+    original = part.read_bytes()
+    try:
+        blob = bytearray(original)
+        blob[len(blob) // 2] ^= 0x40
+        part.write_bytes(bytes(blob))
+        res = damaged.recover("corrupt")
+        assert res.returncode == 5, res.stderr
+        assert "part-00001" in res.stderr
+    finally:
+        part.write_bytes(original)
+
+
+def test_wrong_key_is_an_integrity_failure(damaged: History) -> None:
+    site = damaged.site
+    other = site.workdir / "other.key"
+    subprocess.run(
+        [str(CLOUDBM_BIN), "keygen", "--type", "symmetric", str(other)],
+        check=True,
+        capture_output=True,
+    )
+    chown_tree(site.workdir)
+    text = site.config.read_text().replace(str(site.workdir / "repo.key"), str(other))
+    wrong = site.workdir / "wrong.toml"
+    wrong.write_text(text)
+    res = as_postgres(
+        [
+            str(CLOUDBM_BIN),
+            "--config",
+            str(wrong),
+            "recover",
+            "latest",
+            str(damaged.restores / "wrongkey"),
+            "--tablespace",
+            f"ts:{damaged.restores / 'wrongkey-ts'}",
+        ],
+        check=False,
+    )
+    assert res.returncode == 5, res.stderr
+    assert "key" in res.stderr
+    assert not (damaged.restores / "wrongkey").exists()
+
+
+def test_storage_unreachable_during_replay_never_promotes(damaged: History) -> None:
+    res = damaged.recover("unreachable", "--archive-mode", "off")
+    assert res.returncode == 0, res.stderr
+    repo = _repo_dir(damaged)
+    hidden = repo.with_name(repo.name + ".away")
+    repo.rename(hidden)
+    try:
+        cluster = damaged.start("unreachable")
+        deadline = time.monotonic() + 90
+        log = ""
+        while time.monotonic() < deadline:
+            log = cluster.server_log()
+            if "database system is shut down" in log or "archive recovery complete" in log:
+                break
+            time.sleep(0.3)
+        cluster.stop("immediate")
+        assert "archive recovery complete" not in log, log[-3000:]
+        assert "selected new timeline" not in log
+        # wal-fetch exits 126, so the startup process stops instead of ending recovery
+        assert "FATAL:  could not restore file" in log, log[-3000:]
+        assert "cloudbm wal-fetch: ERROR" in log
+    finally:
+        hidden.rename(repo)
+
+
+def test_missing_wal_in_the_middle_is_refused_and_named(damaged: History) -> None:
+    shown = json.loads(damaged.site.cloudbm("--json", "backup-show", damaged.backup_id).stdout)
+    wal = sorted((_repo_dir(damaged) / "wal").glob("*/0000000100000000000000*"))
+    needed = [p for p in wal if len(p.name) == 24 and p.name > shown["stop_wal"]]
+    assert len(needed) >= 3, needed
+    victim = needed[len(needed) // 2]  # after the backup, before the end of the archive
+    moved = victim.with_name(victim.name + ".away")
+    victim.rename(moved)
+    try:
+        res = damaged.recover("gap")
+        assert res.returncode == 1, res.stderr
+        assert victim.name in res.stderr
+        assert not (damaged.restores / "gap").exists()
+    finally:
+        moved.rename(victim)
