@@ -236,8 +236,8 @@ def main() -> int:
         print(f"  {major}: {rows[-1][2]}", file=sys.stderr, flush=True)
 
     print(f"{'major':<6} {'version':<10} {'result':<7} {'seconds':>7}  notes")
-    for major, version, result, secs, notes in rows:
-        print(f"{major:<6} {version:<10} {result:<7} {secs:>7.1f}  {notes}")
+    for major, version, result, secs, note in rows:
+        print(f"{major:<6} {version:<10} {result:<7} {secs:>7.1f}  {note}")
     for major, detail in failures:
         print(f"\n--- {major} failed:\n{detail}", file=sys.stderr)
     return 1 if failures else 0
