@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="WAL file name (%%f)")
     p.add_argument("dest", help="destination path (%%p)")
 
-    # Internal: the detached prefetch worker wal-fetch starts (no help: not listed).
-    p = sub.add_parser("wal-prefetch")
-    p.add_argument("name")
+    # Internal workers that wal-push and wal-fetch start (no help: not listed).
+    sub.add_parser("wal-prefetch")
+    p = sub.add_parser("wal-push-ahead")
+    p.add_argument("pg_wal")
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     if command == "wal-push":
         from cloudbm.commands.wal_push import wal_push
 
-        result = wal_push(_settings(args), args.path)
+        result = wal_push(_settings(args), args.path, _global_args(args))
         log.debug("archived %s (%d -> %d bytes)", result.name, result.size, result.stored)
         return 0
     if command == "wal-fetch":
@@ -262,9 +263,16 @@ def run(args: argparse.Namespace) -> int:
         log.debug("restored %s from %s", args.name, source)
         return 0
     if command == "wal-prefetch":
-        from cloudbm.commands.wal_fetch import prefetch
+        from cloudbm.commands.wal_fetch import prefetch_worker
 
-        prefetch(_settings(args), args.name)
+        prefetch_worker(_settings(args))
+        return 0
+    if command == "wal-push-ahead":
+        from pathlib import Path
+
+        from cloudbm.commands.wal_push_ahead import push_ahead
+
+        push_ahead(_settings(args), Path(args.pg_wal))
         return 0
     if command == "backup-push":
         import time
@@ -343,9 +351,7 @@ def run(args: argparse.Namespace) -> int:
         _emit(args, "\n".join(names), {"servers": names})
         return 0
     if command == "show-config":
-        from dataclasses import asdict
-
-        settings = asdict(_settings(args))
+        settings = _settings(args).as_dict()
         _emit(args, "\n".join(f"{k} = {v!r}" for k, v in sorted(settings.items())), settings)
         return 0
     raise CloudbmError(f"unknown command {command}")
@@ -392,9 +398,7 @@ def _recover(args: argparse.Namespace) -> int:
     )
     settings = _settings(args)
     if args.jobs:
-        from dataclasses import replace
-
-        settings = replace(settings, jobs=args.jobs)
+        settings = settings.replace(jobs=args.jobs)
     result = recover(
         settings,
         RecoverOptions(

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cloudbm.errors import ConfigError
 
@@ -29,9 +28,12 @@ def _spool_default() -> str:
     return f"/var/tmp/cloudbm-{os.getuid()}"
 
 
-@dataclass(frozen=True)
 class Settings:
-    """Everything one command needs for one server. Field names are the config keys."""
+    """Everything one command needs for one server. Attribute names are the config keys.
+
+    A plain class rather than a dataclass: archive_command imports this module once per WAL
+    segment, and generating dataclass methods for fifty fields costs more than the rest of it.
+    """
 
     server: str = "default"
     repository: str = ""
@@ -48,7 +50,7 @@ class Settings:
     # WAL
     wal_push_ahead: int = 8
     wal_prefetch: int = 8
-    spool_directory: str = field(default_factory=_spool_default)
+    spool_directory: str = ""  # default: /var/tmp/cloudbm-<uid>
     # Exit status for wal-fetch failures other than "not found": above 125 makes PostgreSQL
     # abort recovery instead of treating the segment as the end of the archive.
     fetch_error_exit_code: int = 126
@@ -77,7 +79,26 @@ class Settings:
     azure_account_url: str | None = None
     azure_connection_string_file: str | None = None
     # where the values came from, for error messages and show-config
-    source: str = field(default="", compare=False)
+    source: str = ""
+
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - FIELDS
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        self.__dict__.update(values)
+        if not self.spool_directory:
+            self.spool_directory = _spool_default()
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed."""
+        return Settings(**{**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting, defaults included."""
+        return {name: getattr(self, name) for name in sorted(FIELDS)}
+
+    def __repr__(self) -> str:
+        return f"Settings(server={self.server!r}, repository={self.repository!r})"
 
     def storage_options(self) -> Any:
         """StorageOptions for the backend (imported here to keep config import-light)."""
@@ -128,9 +149,8 @@ def _read_secret(path: str, key: str) -> str:
 
 # --- validation -----------------------------------------------------------------------------
 
-FIELD_TYPES: dict[str, str] = {
-    f.name: str(f.type) for f in fields(Settings) if f.name not in ("server", "source")
-}
+FIELDS = frozenset(name for name in Settings.__annotations__)
+FIELD_TYPES = frozenset(FIELDS - {"server", "source"})
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, Any], Any]:
@@ -273,8 +293,7 @@ def _from_env_value(key: str, raw: str) -> Any:
 # --- loading --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ConfigFile:
+class ConfigFile(NamedTuple):
     """The parsed TOML file (or nothing): defaults and per-server sections."""
 
     path: Path | None

@@ -439,9 +439,7 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
 
 
 def _with_pgdata(settings: Settings, pgdata: str) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, pgdata=pgdata)
+    return settings.replace(pgdata=pgdata)
 
 
 def _write_manifest(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
+from cloudbm.commands.wal_spool import spool_root
 from cloudbm.config import Settings
 from cloudbm.repository import Repository
 from cloudbm.storage.retry import RetryingStorage
@@ -23,15 +23,8 @@ def open_repository(settings: Settings) -> Repository:
 
 
 def spool_dir(settings: Settings) -> Path:
-    """Per-repository local state (push markers, prefetched WAL), outside pg_wal.
-
-    Keyed by a hash of the repository URL so two servers, or two repositories, never share
-    markers or prefetched files. Created 0700: it may hold decrypted WAL.
-    """
-    digest = hashlib.sha256(settings.repository.encode()).hexdigest()[:16]
-    path = Path(settings.spool_directory) / f"{settings.server}-{digest}"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    """Per-repository local state (locks, push markers, prefetched WAL), outside pg_wal."""
+    return spool_root(settings.spool_directory, settings.server, settings.repository)
 
 
 def pgdata_path(settings: Settings) -> Path:

@@ -4,159 +4,47 @@ Contract: write DEST through a temporary file beside it, fsync, rename: never a 
 empty DEST. Exit 1 only when the object is genuinely absent; every other failure exits above
 125 (cli.py) so PostgreSQL aborts recovery instead of ending it early and forking a timeline.
 
-Prefetch: recovery replays one segment at a time, so after serving a segment a detached worker
-(`cloudbm wal-prefetch NAME`) downloads, authenticates and decodes the next `wal_prefetch`
-segments into a spool outside pg_wal. Later calls are served from the spool by rename
-before any storage SDK is even imported. Misses for history files (PostgreSQL probes
-`<tli+1>.history` at every start) are remembered for a few seconds.
+Prefetch: recovery replays one segment at a time and calls restore_command for each, so a
+background worker (`cloudbm wal-prefetch`) keeps the next `wal_prefetch` segments downloaded,
+authenticated, decoded and verified in a spool outside pg_wal, with one storage client for
+the whole recovery. A call tells the worker what it needs and is served from the spool by
+rename, before any storage SDK is imported. A miss the worker saw (a genuine 404 after this
+call asked) answers 1; when the worker cannot help, the call fetches the file itself and that
+decides the exit status. Misses for history files (PostgreSQL probes `<tli+1>.history` at every
+start) are remembered for a few seconds per recovery.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import logging
 import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cloudbm.commands.context import open_repository, spool_dir
-from cloudbm.commands.wal_layout import wal_key
+from cloudbm.commands.wal_spool import (
+    Spool,
+    lock_is_held,
+    recovery_session,
+    spawn_worker,
+    spool_root,
+    take_lock,
+    write_durably,
+)
 from cloudbm.config import Settings
-from cloudbm.errors import CloudbmError, NotFoundError, ObjectNotFoundError
+from cloudbm.errors import NotFoundError
 from cloudbm.pg import walnames
-from cloudbm.repository import Repository
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from cloudbm.repository import Repository
 
 log = logging.getLogger("cloudbm")
 
-SPOOL_MAX_AGE = 3600.0
-WORKER_LOG = "prefetch.log"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(dest: Path, data: bytes) -> None:
-    """temp file beside dest, fsync, rename, fsync the directory."""
-    tmp = dest.parent / f".{dest.name}.cloudbm-tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _move_durably(src: Path, dest: Path) -> None:
-    """Rename a spooled file into place; copy across filesystems."""
-    try:
-        os.replace(src, dest)
-    except OSError as exc:
-        import errno
-
-        if exc.errno != errno.EXDEV:
-            raise
-        tmp = dest.parent / f".{dest.name}.cloudbm-tmp"
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1024 * 1024)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-        src.unlink()
-    _fsync_dir(dest.parent)
-
-
-class Spool:
-    """Prefetched, already verified WAL files plus a short-lived cache of history misses."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ready = root / "prefetch"
-        self.absent = root / "absent"
-        for d in (self.ready, self.absent):
-            d.mkdir(exist_ok=True, mode=0o700)
-
-    def take(self, name: str, dest: Path) -> bool:
-        """Move a prefetched `name` to `dest`; False if it is not in the spool."""
-        src = self.ready / name
-        try:
-            _move_durably(src, dest)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def store(self, name: str, data: bytes) -> None:
-        """Spooled files are complete when visible (written via temp + fsync + rename)."""
-        write_durably(self.ready / name, data)
-
-    def has(self, name: str) -> bool:
-        return (self.ready / name).exists()
-
-    def count(self) -> int:
-        return sum(1 for p in self.ready.iterdir() if not p.name.startswith("."))
-
-    def remember_absent(self, name: str, session: str) -> None:
-        (self.absent / f"{name}@{session}").touch()
-
-    def known_absent(self, name: str, session: str, ttl: float) -> bool:
-        try:
-            age = time.time() - (self.absent / f"{name}@{session}").stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return age < ttl
-
-    def prune_absent(self, ttl: float) -> None:
-        now = time.time()
-        for path in self.absent.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if now - path.stat().st_mtime >= ttl:
-                    path.unlink()
-
-    def prune(self, served: str) -> None:
-        """Drop entries recovery has moved past (names before `served` on its timeline) and
-        anything older than an hour."""
-        now = time.time()
-        for path in self.ready.iterdir():
-            try:
-                old = now - path.stat().st_mtime > SPOOL_MAX_AGE
-                behind = len(path.name) == 24 and path.name[:8] == served[:8] and path.name < served
-                if old or behind or path.name.startswith("."):
-                    path.unlink()
-            except FileNotFoundError:
-                continue
-
-
-_SHELLS = {"sh", "dash", "bash"}
-
-
-def recovery_session() -> str:
-    """Who is asking: the data directory plus the PostgreSQL process that runs
-    restore_command (through a shell or not). A cached miss is only ever reused by the same
-    recovery, never by another one that started later (a new timeline may exist by then)."""
-    pid = os.getppid()
-    try:
-        with open(f"/proc/{pid}/comm") as fh:
-            if fh.read().strip() in _SHELLS:
-                with open(f"/proc/{pid}/stat") as st:
-                    pid = int(st.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    digest = hashlib.sha256(os.getcwd().encode()).hexdigest()[:12]
-    return f"{digest}-{pid}"
+POLL_SECONDS = 0.003
+WORKER_IDLE_EXIT = 3.0
+WORKER_POLL = 0.01
 
 
 def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: list[str]) -> str:
@@ -165,103 +53,172 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
     dest = Path(dest_arg)
     if not dest.is_absolute():
         dest = Path(os.getcwd()) / dest
-    spool = Spool(spool_dir(settings))
-    if spool.take(name.name, dest):
-        _maybe_start_prefetch(settings, spool, name, global_args)
-        return "spool"
+    spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
+    prefetching = settings.wal_prefetch > 0 and name.kind is walnames.WalKind.SEGMENT
+    if prefetching:
+        asked = time.time()
+        spool.want(name.name)
+        if spool.take(name.name, dest):
+            _ensure_worker(spool, global_args)
+            return "spool"
+        started = _ensure_worker(spool, global_args)
+        outcome = _wait_for_worker(spool, name.name, dest, asked, started, settings)
+        if outcome == "spool":
+            return outcome
+        if outcome == "absent":
+            raise NotFoundError(f"{name.name} is not in the archive")
     ttl = settings.history_miss_cache_seconds
     session = recovery_session()
-    if name.kind is walnames.WalKind.HISTORY and spool.known_absent(name.name, session, ttl):
-        raise NotFoundError(f"{name.name} is not in the archive (cached)")
+    if name.kind is walnames.WalKind.HISTORY and ttl > 0:
+        seen = spool.absent_since(name.name, session)
+        if seen is not None and time.time() - seen < ttl:
+            raise NotFoundError(f"{name.name} is not in the archive (cached)")
+    fetch_direct(settings, name, dest, spool, session)
+    return "storage"
+
+
+def _ensure_worker(spool: Spool, global_args: list[str]) -> subprocess.Popen[bytes] | None:
+    if lock_is_held(spool.lock):
+        return None
+    return spawn_worker(spool.root, global_args, ["wal-prefetch"])
+
+
+def _wait_for_worker(
+    spool: Spool,
+    name: str,
+    dest: Path,
+    asked: float,
+    started: subprocess.Popen[bytes] | None,
+    settings: Settings,
+) -> str:
+    """'spool' once the worker delivered `name`, 'absent' if it found it missing after we
+    asked, 'self' when the worker stopped without an answer (or took too long)."""
+    deadline = time.monotonic() + settings.operation_timeout
+    next_liveness = 0.0
+    while time.monotonic() < deadline:
+        if spool.take(name, dest):
+            return "spool"
+        seen = spool.absent_since(name)
+        if seen is not None and seen >= asked:
+            return "absent"
+        failed = spool.failed_since(name)
+        if failed is not None and failed >= asked:
+            return "self"
+        now = time.monotonic()
+        if now >= next_liveness:
+            next_liveness = now + 0.1
+            alive = lock_is_held(spool.lock) or (started is not None and started.poll() is None)
+            if not alive:
+                return "spool" if spool.take(name, dest) else "self"
+        time.sleep(POLL_SECONDS)
+    return "self"
+
+
+def fetch_direct(
+    settings: Settings, name: walnames.WalName, dest: Path, spool: Spool, session: str
+) -> None:
+    """Fetch, verify and write one file in this process."""
+    from cloudbm.commands.context import open_repository
+    from cloudbm.commands.wal_layout import wal_key
+    from cloudbm.errors import ObjectNotFoundError
+
     repo = open_repository(settings)
     try:
         try:
             data, _info = repo.get_bytes(wal_key(name))
         except ObjectNotFoundError:
-            if name.kind is walnames.WalKind.HISTORY and ttl > 0:
-                spool.prune_absent(ttl)
+            if name.kind is walnames.WalKind.HISTORY and settings.history_miss_cache_seconds > 0:
+                spool.prune_absent(settings.history_miss_cache_seconds)
                 spool.remember_absent(name.name, session)
             raise NotFoundError(f"{name.name} is not in the archive") from None
         write_durably(dest, data)
     finally:
         repo.storage.close()
-    _maybe_start_prefetch(settings, spool, name, global_args)
-    return "storage"
 
 
-def _maybe_start_prefetch(
-    settings: Settings, spool: Spool, name: walnames.WalName, global_args: list[str]
-) -> None:
-    """Start a detached prefetch worker unless one runs or the spool is already full enough."""
-    if settings.wal_prefetch <= 0 or name.kind is not walnames.WalKind.SEGMENT:
-        return
-    spool.prune(name.name)
-    if spool.count() > settings.wal_prefetch // 2:
-        return
-    lock = spool.root / "prefetch.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return  # a worker is already running
-    finally:
-        os.close(fd)  # closing releases our probe lock; the worker takes its own
-    with open(spool.root / WORKER_LOG, "ab") as log_file:
-        subprocess.Popen(
-            [sys.executable, "-m", "cloudbm", *global_args, "wal-prefetch", name.name],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-            start_new_session=True,
-            close_fds=True,
-        )
+def prefetch_worker(settings: Settings) -> int:
+    """Keep the spool filled ahead of what recovery asks for; returns segments fetched.
 
-
-def prefetch(settings: Settings, after: str) -> int:
-    """Worker: fetch up to `wal_prefetch` segments after `after` into the spool.
-
-    Stops at the first segment not yet archived. Returns the number of segments fetched.
+    Exits when recovery has not asked for anything new for WORKER_IDLE_EXIT seconds.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-    spool = Spool(spool_dir(settings))
-    lock_fd = os.open(spool.root / "prefetch.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
+    from cloudbm.commands.context import open_repository
+    from cloudbm.commands.wal_layout import wal_key
+    from cloudbm.errors import CloudbmError, ObjectNotFoundError
+
+    spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
+    lock = take_lock(spool.lock)
+    if lock is None:
         return 0
     repo = open_repository(settings)
+    segment_size = _segment_size(repo)
+    fetched = 0
+    inflight: dict[Future[bool], str] = {}
+    missing: dict[str, float] = {}  # name -> when found absent
+    failed: set[str] = set()
+    stored: set[str] = set()  # delivered to the spool (and maybe already taken)
+    spool.prune_absent(settings.history_miss_cache_seconds)
+    last_want: str | None = None
+    last_asked = 0.0
+    last_activity = time.monotonic()
+
+    def fetch(n: str) -> bool:
+        try:
+            data, _ = repo.get_bytes(wal_key(walnames.parse(n)))
+        except ObjectNotFoundError:
+            return False
+        spool.store(n, data)
+        return True
+
     try:
-        segment_size = _segment_size(repo)
-        wanted = [
-            n
-            for n in walnames.next_segments(after, settings.wal_prefetch, segment_size)
-            if not spool.has(n)
-        ]
-
-        def fetch(n: str) -> bool:
-            try:
-                data, _ = repo.get_bytes(wal_key(walnames.parse(n)))
-            except ObjectNotFoundError:
-                return False
-            spool.store(n, data)
-            return True
-
-        fetched = 0
         with ThreadPoolExecutor(max_workers=max(2, settings.jobs) + 2) as pool:
-            for ok in pool.map(fetch, wanted):
-                if not ok:
-                    break  # the end of the archive: later ones are absent too
-                fetched += 1
-        return fetched
-    except CloudbmError as exc:
-        # The worker is an optimisation: recovery's own call reports real errors.
-        log.warning("prefetch after %s stopped: %s", after, exc)
-        return 0
+            while True:
+                want, asked = spool.wanted()
+                if want is not None and (want, asked) != (last_want, last_asked):
+                    if want == last_want:
+                        stored.discard(want)  # asked again: it needs a fresh copy
+                    last_want, last_asked = want, asked
+                    last_activity = time.monotonic()
+                    spool.prune(want)
+                    failed.clear()
+                if want is not None:
+                    window = [
+                        want,
+                        *walnames.next_segments(want, settings.wal_prefetch, segment_size),
+                    ]
+                    busy = set(inflight.values())
+                    for n in window:
+                        gone = missing.get(n)
+                        if gone is not None and gone >= asked:
+                            break  # the end of the archive, until recovery asks again
+                        if n in busy or n in failed or n in stored or spool.has(n):
+                            continue
+                        inflight[pool.submit(fetch, n)] = n
+                if not inflight:
+                    if time.monotonic() - last_activity > WORKER_IDLE_EXIT:
+                        return fetched
+                    time.sleep(WORKER_POLL)
+                    continue
+                done, _ = wait(list(inflight), timeout=WORKER_POLL, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    n = inflight.pop(fut)
+                    try:
+                        if fut.result():
+                            fetched += 1
+                            stored.add(n)
+                        else:
+                            missing[n] = time.time()
+                            spool.remember_absent(n)
+                    except CloudbmError as exc:
+                        # Recovery's own call fetches it and reports the real error.
+                        log.warning("prefetch of %s failed: %s", n, exc)
+                        failed.add(n)
+                        spool.record_failure(n)
+                    last_activity = time.monotonic()
     finally:
         repo.storage.close()
-        os.close(lock_fd)
+        os.close(lock)
 
 
 def _segment_size(repo: Repository) -> int:

@@ -1,0 +1,99 @@
+"""`cloudbm wal-push-ahead PG_WAL` (internal): the background pusher wal-push starts.
+
+One process, one storage client, up to `wal_push_ahead` uploads in flight: it archives what
+archive_status marks `.ready` (oldest first, history files first), writes a marker for each file
+storage confirmed, and exits once nothing has waited for a couple of seconds. A file it cannot
+archive is flagged so PostgreSQL's own call uploads it and reports the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from cloudbm.commands.context import open_repository
+from cloudbm.commands.hooks import run_hook
+from cloudbm.commands.wal_push import WalPusher, hook_env, read_file
+from cloudbm.commands.wal_spool import Markers, ready_files, spool_root, take_lock
+from cloudbm.config import Settings
+from cloudbm.errors import CloudbmError
+from cloudbm.pg import walnames
+from cloudbm.repository import sha256_hex
+
+log = logging.getLogger("cloudbm")
+
+IDLE_EXIT_SECONDS = 2.0
+POLL_SECONDS = 0.02
+
+
+def push_ahead(settings: Settings, pg_wal: Path) -> int:
+    """Archive .ready files until none has waited for IDLE_EXIT_SECONDS; returns the count."""
+    root = spool_root(settings.spool_directory, settings.server, settings.repository)
+    markers = Markers(root)
+    lock = take_lock(markers.lock)
+    if lock is None:
+        return 0  # another pusher runs
+    repo = open_repository(settings)
+    pusher = WalPusher(settings, repo, pg_wal)
+    markers.collect_garbage(pg_wal)
+    window = max(1, settings.wal_push_ahead)
+    skip: set[str] = set()
+    inflight: dict[Future[None], str] = {}
+    pushed = 0
+    idle_since = time.monotonic()
+
+    def one(file_name: str) -> None:
+        path = pg_wal / file_name
+        try:
+            data, st = read_file(path)
+            name = walnames.parse(file_name)
+            env = hook_env(settings, file_name, path, len(data))
+            run_hook(settings.pre_archive_script, "pre", env, fatal=True)
+            sha = sha256_hex(data)
+            try:
+                pusher.push(name, data, sha)
+            except CloudbmError as exc:
+                run_hook(
+                    settings.post_archive_script,
+                    "post",
+                    {**env, "CLOUDBM_ERROR": str(exc)},
+                    fatal=False,
+                )
+                raise
+            markers.record(file_name, sha, st)
+            run_hook(
+                settings.post_archive_script, "post", {**env, "CLOUDBM_ERROR": ""}, fatal=False
+            )
+        except CloudbmError as exc:
+            log.warning("%s left for PostgreSQL's own call: %s", file_name, exc)
+            markers.record_failure(file_name)
+
+    try:
+        pusher.descriptor()  # once, before threads race to create it
+        with ThreadPoolExecutor(max_workers=min(window, max(2, settings.jobs) + 2)) as pool:
+            while True:
+                if len(inflight) < window:
+                    busy = skip | set(inflight.values()) | markers.names()
+                    for file_name in ready_files(pg_wal, busy, window - len(inflight)):
+                        if not walnames.is_wal_name(file_name):
+                            skip.add(file_name)
+                            continue
+                        inflight[pool.submit(one, file_name)] = file_name
+                if not inflight:
+                    if time.monotonic() - idle_since > IDLE_EXIT_SECONDS:
+                        return pushed
+                    time.sleep(POLL_SECONDS)
+                    continue
+                done, _ = wait(list(inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    file_name = inflight.pop(fut)
+                    skip.add(file_name)  # done or failed: not again in this run
+                    pushed += 1
+                idle_since = time.monotonic()
+    except CloudbmError as exc:
+        log.warning("background pusher stopped: %s", exc)
+        return pushed
+    finally:
+        repo.storage.close()

@@ -1,0 +1,306 @@
+"""cloudbm's local WAL state outside pg_wal: push markers, the prefetch spool, worker locks.
+
+Imported on the hot path of every archive_command and restore_command call, so it uses the
+standard library only and nothing that talks to storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+MARKER_MAX_AGE = 24 * 3600.0
+SPOOL_MAX_AGE = 3600.0
+WORKER_LOG = "worker.log"
+
+
+def spool_root(spool_directory: str, server: str, repository: str) -> Path:
+    """Per-repository local state, keyed by a hash of the repository URL so two servers, or
+    two repositories, never share markers or prefetched files. 0700: it may hold WAL."""
+    digest = hashlib.sha256(repository.encode()).hexdigest()[:16]
+    path = Path(spool_directory) / f"{server}-{digest}"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(dest: Path, data: bytes) -> None:
+    """temp file beside dest, fsync, rename, fsync the directory: never a partial dest."""
+    tmp = dest.parent / f".{dest.name}.cloudbm-tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(dest.parent)
+
+
+def move_durably(src: Path, dest: Path) -> None:
+    """Rename a spooled file into place (copy + fsync across filesystems)."""
+    try:
+        os.replace(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        import shutil
+
+        tmp = dest.parent / f".{dest.name}.cloudbm-tmp"
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1024 * 1024)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+        src.unlink()
+    fsync_dir(dest.parent)
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+def lock_is_held(path: Path) -> bool:
+    """True if some process holds the flock on `path` (a worker is running)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe lock
+    return False
+
+
+def take_lock(path: Path) -> int | None:
+    """The flock on `path` for this process's lifetime, or None if another process has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def spawn_worker(root: Path, global_args: list[str], command: list[str]) -> subprocess.Popen[bytes]:
+    """Start a detached cloudbm worker with this interpreter (never from PATH)."""
+    import subprocess
+
+    with open(root / WORKER_LOG, "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cloudbm", *global_args, *command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+# --- push side ---------------------------------------------------------------------------------
+
+
+def file_identity(st: os.stat_result) -> list[int]:
+    """What must not change between the upload and PostgreSQL's call for the file."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class Markers:
+    """Tool-private 'already archived' markers: archived/<name> = {sha256, size, identity}.
+
+    A marker is written only after storage confirmed the upload. PostgreSQL never changes a
+    WAL file it marked .ready, so a file with the identity (device, inode, size, mtime, ctime)
+    recorded when it was read is the file that was uploaded.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "archived"
+        self.failed_dir = root / "push-failed"
+        for d in (self.dir, self.failed_dir):
+            d.mkdir(exist_ok=True, mode=0o700)
+        self.lock = root / "push.lock"
+
+    def record_failure(self, name: str) -> None:
+        """The background pusher could not archive `name`: PostgreSQL's own call must."""
+        (self.failed_dir / name).touch()
+
+    def failed(self, name: str) -> bool:
+        return (self.failed_dir / name).exists()
+
+    def clear_failure(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.failed_dir / name).unlink()
+
+    def record(self, name: str, sha256: str, st: os.stat_result) -> None:
+        tmp = self.dir / f".{name}.tmp"
+        doc = {"sha256": sha256, "size": st.st_size, "identity": file_identity(st)}
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.dir / name)
+
+    def consume(self, name: str, st: os.stat_result) -> bool:
+        """True if a marker matches the file as it is now; the marker is removed either way."""
+        path = self.dir / name
+        try:
+            marker = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False
+        except ValueError:
+            marker = {}
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return bool(marker.get("identity") == file_identity(st))
+
+    def exists(self, name: str) -> bool:
+        return (self.dir / name).exists()
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.dir.iterdir() if not p.name.startswith(".")}
+
+    def collect_garbage(self, pg_wal: Path) -> None:
+        """Drop markers whose file left pg_wal, or that are older than a day."""
+        now = time.time()
+        for directory in (self.dir, self.failed_dir):
+            for path in directory.iterdir():
+                try:
+                    stale = now - path.stat().st_mtime > MARKER_MAX_AGE
+                    wal_name = path.name.lstrip(".").removesuffix(".tmp")
+                    if stale or not (pg_wal / wal_name).exists():
+                        path.unlink()
+                except FileNotFoundError:
+                    continue
+
+
+def ready_files(pg_wal: Path, skip: set[str], limit: int) -> list[str]:
+    """Files archive_status marks .ready, history files first (as PostgreSQL 14+ archives
+    them) then in name order; at most `limit`."""
+    try:
+        with os.scandir(pg_wal / "archive_status") as entries:
+            ready = [e.name[:-6] for e in entries if e.name.endswith(".ready")]
+    except FileNotFoundError:
+        return []
+    names = [n for n in ready if n not in skip]
+    names.sort(key=lambda n: (not n.endswith(".history"), n))
+    return names[:limit]
+
+
+# --- fetch side --------------------------------------------------------------------------------
+
+
+class Spool:
+    """Prefetched, verified WAL files; what recovery asked for last; recent misses."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ready = root / "prefetch"
+        self.absent = root / "absent"
+        self.lock = root / "prefetch.lock"
+        self.want_file = root / "want"
+        for d in (self.ready, self.absent):
+            d.mkdir(exist_ok=True, mode=0o700)
+
+    def take(self, name: str, dest: Path) -> bool:
+        """Move a prefetched `name` to `dest`; False if it is not in the spool."""
+        try:
+            move_durably(self.ready / name, dest)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def store(self, name: str, data: bytes) -> None:
+        """Spooled files are complete when visible (temp + fsync + rename)."""
+        write_durably(self.ready / name, data)
+
+    def has(self, name: str) -> bool:
+        return (self.ready / name).exists()
+
+    def want(self, name: str) -> None:
+        """Tell the worker what recovery needs now."""
+        tmp = self.root / ".want.tmp"
+        tmp.write_text(name)
+        os.replace(tmp, self.want_file)
+
+    def wanted(self) -> tuple[str | None, float]:
+        """(name, when) recovery asked for last."""
+        try:
+            return self.want_file.read_text().strip() or None, self.want_file.stat().st_mtime
+        except FileNotFoundError:
+            return None, 0.0
+
+    def remember_absent(self, name: str, session: str = "any") -> None:
+        (self.absent / f"{name}@{session}").touch()
+
+    def absent_since(self, name: str, session: str = "any") -> float | None:
+        """When `name` was last found missing (for this session), or None."""
+        try:
+            return (self.absent / f"{name}@{session}").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def record_failure(self, name: str) -> None:
+        """The worker could not fetch `name` (not a 404): the caller must fetch it itself."""
+        (self.absent / f"{name}@failed").touch()
+
+    def failed_since(self, name: str) -> float | None:
+        return self.absent_since(name, "failed")
+
+    def prune_absent(self, ttl: float) -> None:
+        now = time.time()
+        for path in self.absent.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= max(ttl, 60.0):
+                    path.unlink()
+
+    def prune(self, served: str) -> None:
+        """Drop entries recovery has moved past (same timeline, before `served`) and anything
+        older than an hour."""
+        now = time.time()
+        for path in self.ready.iterdir():
+            try:
+                old = now - path.stat().st_mtime > SPOOL_MAX_AGE
+                behind = (
+                    len(path.name) == 24 and path.name[:8] == served[:8] and (path.name < served)
+                )
+                if old or behind or path.name.startswith("."):
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+
+
+_SHELLS = {"sh", "dash", "bash"}
+
+
+def recovery_session() -> str:
+    """Who is asking: the data directory plus the PostgreSQL process that runs
+    restore_command (through a shell or not). A cached history miss is only reused by the
+    same recovery, never by one that started later (a new timeline may exist by then)."""
+    pid = os.getppid()
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            if fh.read().strip() in _SHELLS:
+                with open(f"/proc/{pid}/stat") as st:
+                    pid = int(st.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    digest = hashlib.sha256(os.getcwd().encode()).hexdigest()[:12]
+    return f"{digest}-{pid}"
