@@ -6,36 +6,97 @@ so archive_command and restore_command pay for nothing they do not use.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from cloudbm import __version__
 from cloudbm.errors import EXIT_USAGE, CloudbmError, NotFoundError
+from cloudbm.logs import configure as configure_logs
+from cloudbm.logs import log
 
-log = logging.getLogger("cloudbm")
+if TYPE_CHECKING:
+    import argparse
 
 # Flags that override configuration keys of the same name.
 FLAG_KEYS = ("repository", "pgdata", "compression", "jobs")
 DEFAULT_FETCH_ERROR_EXIT = 126
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so wal-fetch can map usage errors too."""
-
-    def error(self, message: str) -> Any:
-        raise _UsageError(f"{self.prog}: {message}")
+# Parsed arguments: an argparse.Namespace, or a SimpleNamespace from parse_hot.
+Args = Any
 
 
 class _UsageError(Exception):
     pass
 
 
+# Global flags that take a value, and the attribute each sets.
+_GLOBAL_VALUE_FLAGS = {
+    "--config": "config",
+    "--server": "server",
+    "--repo": "repository",
+    "--pgdata": "pgdata",
+}
+# archive_command and restore_command: parsed without argparse, whose import alone costs
+# more than the rest of a call served from local state.
+_HOT_COMMANDS = {"wal-push": ("path",), "wal-fetch": ("name", "dest")}
+
+
+def parse_hot(argv: Sequence[str]) -> SimpleNamespace | None:
+    """Parse `[global flags] wal-push PATH` / `wal-fetch NAME DEST`; None for anything else
+    (argparse then handles it, errors included)."""
+    ns: dict[str, Any] = {
+        "config": None,
+        "server": None,
+        "repository": None,
+        "pgdata": None,
+        "json": False,
+        "verbose": 0,
+        "quiet": False,
+        "compression": None,
+        "jobs": None,
+    }
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if flag in _GLOBAL_VALUE_FLAGS and eq:
+            ns[_GLOBAL_VALUE_FLAGS[flag]] = value
+            i += 1
+        elif arg in _GLOBAL_VALUE_FLAGS and i + 1 < len(argv):
+            ns[_GLOBAL_VALUE_FLAGS[arg]] = argv[i + 1]
+            i += 2
+        elif arg in ("-v", "--verbose"):
+            ns["verbose"] += 1
+            i += 1
+        elif arg in ("-q", "--quiet"):
+            ns["quiet"] = True
+            i += 1
+        elif arg in _HOT_COMMANDS:
+            rest = argv[i + 1 :]
+            names = _HOT_COMMANDS[arg]
+            if len(rest) != len(names) or any(r.startswith("-") for r in rest):
+                return None
+            ns.update(zip(names, rest, strict=True))
+            ns["command"] = arg
+            return SimpleNamespace(**ns)
+        else:
+            return None
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        """argparse that raises instead of exiting, so wal-fetch can map usage errors too."""
+
+        def error(self, message: str) -> Any:
+            raise _UsageError(f"{self.prog}: {message}")
+
     parser = _Parser(
         prog="cloudbm",
         description="Keeps PostgreSQL recoverable from cloud object storage.",
@@ -189,19 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: int, quiet: bool, command: str) -> None:
-    level = logging.WARNING if quiet else logging.INFO
-    if verbose:
-        level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"cloudbm {command}: %(levelname)s: %(message)s"))
-    root = logging.getLogger("cloudbm")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-def _global_args(args: argparse.Namespace, absolute: bool = False) -> list[str]:
+def _global_args(args: Args, absolute: bool = False) -> list[str]:
     """The global flags of this invocation, for helper processes started on its behalf (and,
     with absolute paths, for the restore_command a recovery writes)."""
     out: list[str] = []
@@ -220,14 +269,14 @@ def _global_args(args: argparse.Namespace, absolute: bool = False) -> list[str]:
     return out
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: Args) -> Any:
     from cloudbm.config import load_settings
 
     overrides = {k: getattr(args, k, None) for k in FLAG_KEYS}
     return load_settings(config_path=args.config, server=args.server, overrides=overrides)
 
 
-def _each_server(args: argparse.Namespace, target: str | None) -> list[Any]:
+def _each_server(args: Args, target: str | None) -> list[Any]:
     """Settings of one server, or of every configured one for 'all'."""
     if target != "all":
         if target:
@@ -240,14 +289,16 @@ def _each_server(args: argparse.Namespace, target: str | None) -> list[Any]:
     return [settings_for(cfg, name, overrides, os.environ) for name in server_names(cfg)]
 
 
-def _emit(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+def _emit(args: Args, text: str, data: dict[str, Any]) -> None:
+    import json
+
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
     elif text:
         print(text)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     """Dispatch one parsed command; returns the exit status."""
     command = args.command
     if command == "wal-push":
@@ -321,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
             f"{verb} {res.url} (system identifier {d.system_identifier}, PostgreSQL "
             f"{d.pg_major}, encryption {d.encryption}"
             + (f", key id {d.key_id})" if d.key_id else ")"),
-            {"created": res.created, "repository": res.url, "descriptor": json.loads(d.to_json())},
+            {"created": res.created, "repository": res.url, "descriptor": d.as_dict()},
         )
         return 0
     if command == "keygen":
@@ -357,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
     raise CloudbmError(f"unknown command {command}")
 
 
-def _recover(args: argparse.Namespace) -> int:
+def _recover(args: Args) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
@@ -439,16 +490,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     is_fetch = "wal-fetch" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_hot(argv) or build_parser().parse_args(argv)
     except _UsageError as exc:
         print(f"cloudbm: {exc}", file=sys.stderr)
         return _fetch_error_exit() if is_fetch else EXIT_USAGE
-    _configure_logging(args.verbose, args.quiet, args.command)
+    configure_logs(verbose=args.verbose, quiet=args.quiet, command=args.command)
     try:
         return run(args)
     except NotFoundError as exc:
         # For wal-fetch a miss is routine (the end of the archive), not an error.
-        log.log(logging.DEBUG if args.command == "wal-fetch" else logging.ERROR, "%s", exc)
+        if args.command == "wal-fetch":
+            log.debug("%s", exc)
+        else:
+            log.error("%s", exc)
         return exc.exit_code
     except CloudbmError as exc:
         log.error("%s", exc)
@@ -466,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 70  # EX_SOFTWARE
 
 
-def _fetch_code(args: argparse.Namespace) -> int:
+def _fetch_code(args: Args) -> int:
     try:
         return int(_settings(args).fetch_error_exit_code)
     except Exception:

@@ -9,7 +9,6 @@ Secrets (passphrases, connection strings) come from files or the environment, ne
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -315,6 +314,8 @@ def read_config_file(path: Path | None) -> ConfigFile:
     """Parse and validate the TOML file; every problem is one ConfigError naming the key."""
     if path is None:
         return ConfigFile(None, {}, {})
+    import tomllib
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)

@@ -58,7 +58,10 @@ class Descriptor:
     created_by: str = f"cloudbm {__version__}"
 
     def to_json(self) -> bytes:
-        doc = {
+        return (json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
             "format_version": self.format_version,
             "system_identifier": str(self.system_identifier),
             "pg_major": self.pg_major,
@@ -69,7 +72,6 @@ class Descriptor:
             "created": self.created,
             "created_by": self.created_by,
         }
-        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> Descriptor:

@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -52,12 +51,11 @@ from cloudbm.errors import (
     ObjectExistsError,
     StorageError,
 )
+from cloudbm.logs import log
 from cloudbm.pg import datadir, walnames
 from cloudbm.pg.session import BackupSession, ServerInfo, parse_backup_label
 from cloudbm.repository import Repository
 from cloudbm.tarstream import TarPartReader, plan_parts
-
-log = logging.getLogger("cloudbm")
 
 CONTROL_FILE = "global/pg_control"
 WAL_POLL_SECONDS = 1.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -11,8 +10,6 @@ from cloudbm.config import Settings
 from cloudbm.repository import Repository
 from cloudbm.storage.retry import RetryingStorage
 from cloudbm.storage.url import open_storage
-
-log = logging.getLogger("cloudbm")
 
 
 def open_repository(settings: Settings) -> Repository:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import subprocess
@@ -10,8 +9,7 @@ from collections.abc import Mapping
 
 from cloudbm import __version__
 from cloudbm.errors import CloudbmError
-
-log = logging.getLogger("cloudbm")
+from cloudbm.logs import log
 
 HOOK_TIMEOUT = 300.0
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from cloudbm.commands.context import open_repository, pgdata_path
 from cloudbm.config import Settings
+from cloudbm.logs import log
 from cloudbm.pg import walnames
 from cloudbm.pg.controlfile import read_identity
 from cloudbm.repository import Descriptor, Repository
-
-log = logging.getLogger("cloudbm")
 
 
 @dataclass(frozen=True)

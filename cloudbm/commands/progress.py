@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
 
-log = logging.getLogger("cloudbm")
+from cloudbm.logs import log
 
 LOG_EVERY_SECONDS = 30.0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -40,12 +39,11 @@ from cloudbm.errors import (
     IntegrityError,
     NotFoundError,
 )
+from cloudbm.logs import log
 from cloudbm.pg import timeline, walnames
 from cloudbm.pg.recovery_conf import RecoveryConfig, RecoveryTarget, write_recovery
 from cloudbm.repository import Repository
 from cloudbm.tarstream import FileRecord, TarExtractor
-
-log = logging.getLogger("cloudbm")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ start) are remembered for a few seconds per recovery.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from cloudbm.commands.wal_spool import (
 )
 from cloudbm.config import Settings
 from cloudbm.errors import NotFoundError
+from cloudbm.logs import log
 from cloudbm.pg import walnames
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
     from cloudbm.repository import Repository
 
-log = logging.getLogger("cloudbm")
 
 POLL_SECONDS = 0.003
 WORKER_IDLE_EXIT = 3.0
@@ -54,7 +53,7 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
     if not dest.is_absolute():
         dest = Path(os.getcwd()) / dest
     spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
-    prefetching = settings.wal_prefetch > 0 and name.kind is walnames.WalKind.SEGMENT
+    prefetching = settings.wal_prefetch > 0 and name.kind == walnames.WalKind.SEGMENT
     if prefetching:
         asked = time.time()
         spool.want(name.name)
@@ -69,7 +68,7 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
             raise NotFoundError(f"{name.name} is not in the archive")
     ttl = settings.history_miss_cache_seconds
     session = recovery_session()
-    if name.kind is walnames.WalKind.HISTORY and ttl > 0:
+    if name.kind == walnames.WalKind.HISTORY and ttl > 0:
         seen = spool.absent_since(name.name, session)
         if seen is not None and time.time() - seen < ttl:
             raise NotFoundError(f"{name.name} is not in the archive (cached)")
@@ -127,7 +126,7 @@ def fetch_direct(
         try:
             data, _info = repo.get_bytes(wal_key(name))
         except ObjectNotFoundError:
-            if name.kind is walnames.WalKind.HISTORY and settings.history_miss_cache_seconds > 0:
+            if name.kind == walnames.WalKind.HISTORY and settings.history_miss_cache_seconds > 0:
                 spool.prune_absent(settings.history_miss_cache_seconds)
                 spool.remember_absent(name.name, session)
             raise NotFoundError(f"{name.name} is not in the archive") from None

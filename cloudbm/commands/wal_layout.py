@@ -10,6 +10,6 @@ WAL_PREFIX = "wal/"
 def wal_key(name: WalName) -> str:
     """`wal/<TLI>.history` for history files, else `wal/<TLI><LOG>/<file>`: one directory per
     4 GiB of WAL keeps listings and retention deletes paged and cheap."""
-    if name.kind is WalKind.HISTORY:
+    if name.kind == WalKind.HISTORY:
         return f"{WAL_PREFIX}{name.name}"
     return f"{WAL_PREFIX}{name.name[:16]}/{name.name}"

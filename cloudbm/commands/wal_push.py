@@ -15,7 +15,6 @@ is what decides the exit status. PostgreSQL's `.ready`/`.done` files are never t
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from cloudbm.commands.wal_spool import Markers, lock_is_held, ready_files, spawn_worker, spool_root
 from cloudbm.config import Settings
 from cloudbm.errors import ConfigError
+from cloudbm.logs import log
 from cloudbm.pg import walnames
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from cloudbm.pg.walfile import SegmentHeader
     from cloudbm.repository import Descriptor, Repository
 
-log = logging.getLogger("cloudbm")
 
 POLL_SECONDS = 0.005
 WAIT_FOR_PUSHER_SECONDS = 60.0
@@ -82,7 +81,7 @@ class WalPusher:
                 f"{desc.system_identifier}",
                 hint="give each cluster its own repository prefix",
             )
-        if name.kind is walnames.WalKind.SEGMENT and len(data) != header.segment_size:
+        if name.kind == walnames.WalKind.SEGMENT and len(data) != header.segment_size:
             raise IntegrityError(
                 f"{name.name} is {len(data)} bytes but its header says segments are "
                 f"{header.segment_size} bytes",
@@ -97,7 +96,7 @@ class WalPusher:
 
         header = self.validate(name, data)
         key = wal_key(name)
-        meta = {"cloudbm-kind": name.kind.value}
+        meta = {"cloudbm-kind": name.kind}
         if header is not None:
             meta["cloudbm-wal-segment-size"] = str(header.segment_size)
         self.descriptor()

@@ -8,7 +8,6 @@ archive is flagged so PostgreSQL's own call uploads it and reports the error.
 
 from __future__ import annotations
 
-import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -19,10 +18,9 @@ from cloudbm.commands.wal_push import WalPusher, hook_env, read_file
 from cloudbm.commands.wal_spool import Markers, ready_files, spool_root, take_lock
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError
+from cloudbm.logs import log
 from cloudbm.pg import walnames
 from cloudbm.repository import sha256_hex
-
-log = logging.getLogger("cloudbm")
 
 IDLE_EXIT_SECONDS = 2.0
 POLL_SECONDS = 0.02

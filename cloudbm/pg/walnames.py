@@ -7,8 +7,7 @@ backup history files `<segment>.<offset8>.backup` and `<segment>.partial`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from enum import Enum
+from typing import NamedTuple
 
 from cloudbm.errors import ConfigError
 
@@ -20,21 +19,22 @@ _BACKUP = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.([0-9A-F]{8})\.
 _PARTIAL = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.partial$")
 
 
-class WalKind(Enum):
+class WalKind:
+    """The kinds of file PostgreSQL archives (plain strings: cheap to import)."""
+
     SEGMENT = "segment"
     HISTORY = "history"
     BACKUP = "backup"
     PARTIAL = "partial"
 
 
-@dataclass(frozen=True, order=True)
-class WalName:
+class WalName(NamedTuple):
     """A parsed WAL file name. For history files `log` and `seg` are 0."""
 
     timeline: int
     log: int
     seg: int
-    kind: WalKind
+    kind: str
     name: str
 
     @property
