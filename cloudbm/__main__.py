@@ -2,6 +2,6 @@
 
 import sys
 
-from cloudbm.cli import main
+from cloudbm.fastpath import main
 
 sys.exit(main())

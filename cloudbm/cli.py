@@ -33,59 +33,13 @@ class _UsageError(Exception):
     pass
 
 
-# Global flags that take a value, and the attribute each sets.
-_GLOBAL_VALUE_FLAGS = {
-    "--config": "config",
-    "--server": "server",
-    "--repo": "repository",
-    "--pgdata": "pgdata",
-}
-# archive_command and restore_command: parsed without argparse, whose import alone costs
-# more than the rest of a call served from local state.
-_HOT_COMMANDS = {"wal-push": ("path",), "wal-fetch": ("name", "dest")}
-
-
 def parse_hot(argv: Sequence[str]) -> SimpleNamespace | None:
-    """Parse `[global flags] wal-push PATH` / `wal-fetch NAME DEST`; None for anything else
-    (argparse then handles it, errors included)."""
-    ns: dict[str, Any] = {
-        "config": None,
-        "server": None,
-        "repository": None,
-        "pgdata": None,
-        "json": False,
-        "verbose": 0,
-        "quiet": False,
-        "compression": None,
-        "jobs": None,
-    }
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        flag, eq, value = arg.partition("=")
-        if flag in _GLOBAL_VALUE_FLAGS and eq:
-            ns[_GLOBAL_VALUE_FLAGS[flag]] = value
-            i += 1
-        elif arg in _GLOBAL_VALUE_FLAGS and i + 1 < len(argv):
-            ns[_GLOBAL_VALUE_FLAGS[arg]] = argv[i + 1]
-            i += 2
-        elif arg in ("-v", "--verbose"):
-            ns["verbose"] += 1
-            i += 1
-        elif arg in ("-q", "--quiet"):
-            ns["quiet"] = True
-            i += 1
-        elif arg in _HOT_COMMANDS:
-            rest = argv[i + 1 :]
-            names = _HOT_COMMANDS[arg]
-            if len(rest) != len(names) or any(r.startswith("-") for r in rest):
-                return None
-            ns.update(zip(names, rest, strict=True))
-            ns["command"] = arg
-            return SimpleNamespace(**ns)
-        else:
-            return None
-    return None
+    """`[global flags] wal-push PATH` / `wal-fetch NAME DEST` without argparse, whose import
+    alone costs more than a call served from local state; None for anything else."""
+    from cloudbm.fastpath import parse_hot as parse
+
+    parsed = parse(list(argv))
+    return None if parsed is None else SimpleNamespace(**parsed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +230,22 @@ def _settings(args: Args) -> Any:
     return load_settings(config_path=args.config, server=args.server, overrides=overrides)
 
 
+def _remember_for_fast_path(args: Args, settings: Any) -> None:
+    """Let later calls with the same flags, environment and files skip this work."""
+    from cloudbm.commands.context import spool_dir
+    from cloudbm.fastpath import remember
+
+    flags = {k: getattr(args, k, None) for k in ("config", "server", "repository", "pgdata")}
+    remember(
+        flags,
+        {
+            "spool_root": str(spool_dir(settings)),
+            "wal_push_ahead": settings.wal_push_ahead,
+            "wal_prefetch": settings.wal_prefetch,
+        },
+    )
+
+
 def _each_server(args: Args, target: str | None) -> list[Any]:
     """Settings of one server, or of every configured one for 'all'."""
     if target != "all":
@@ -304,13 +274,17 @@ def run(args: Args) -> int:
     if command == "wal-push":
         from cloudbm.commands.wal_push import wal_push
 
-        result = wal_push(_settings(args), args.path, _global_args(args))
+        settings = _settings(args)
+        _remember_for_fast_path(args, settings)
+        result = wal_push(settings, args.path, _global_args(args))
         log.debug("archived %s (%d -> %d bytes)", result.name, result.size, result.stored)
         return 0
     if command == "wal-fetch":
         from cloudbm.commands.wal_fetch import wal_fetch
 
-        source = wal_fetch(_settings(args), args.name, args.dest, _global_args(args))
+        settings = _settings(args)
+        _remember_for_fast_path(args, settings)
+        source = wal_fetch(settings, args.name, args.dest, _global_args(args))
         log.debug("restored %s from %s", args.name, source)
         return 0
     if command == "wal-prefetch":

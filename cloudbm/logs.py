@@ -44,7 +44,17 @@ class _Lazy:
         return _Lazy.instance
 
     def __getattr__(self, name: str) -> Any:
+        level = _LEVELS.get(name)
+        if level is not None and level < int(_settings["level"]):
+            return _noop  # below the threshold: not worth importing logging for
         return getattr(self._real(), name)
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30}
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 log: Any = _Lazy()

@@ -99,12 +99,17 @@ class Descriptor:
             raise IntegrityError(f"{where} is not a valid repository descriptor: {exc}") from None
 
 
-@dataclass(frozen=True)
 class StoredBlob:
-    """What an encoded object occupies in storage."""
+    """What an encoded object occupies in storage (its digest computed only if asked for:
+    WAL pushes never need it)."""
 
-    size: int
-    sha256: str
+    def __init__(self, size: int, blob: bytes) -> None:
+        self.size = size
+        self._blob = blob
+
+    @property
+    def sha256(self) -> str:
+        return sha256_hex(self._blob)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -267,12 +272,20 @@ class Repository:
         self._keyring = keys.Keyring([unwrapper])
         return self._keyring
 
-    def encode_params(self) -> EncodeParams:
+    def encode_params(self, *, wal: bool = False) -> EncodeParams:
+        """How new objects are encoded; WAL has its own compression level."""
         from cloudbm.codec.envelope import EncodeParams
 
+        level = self.settings.compression_level
+        if wal and self.settings.compression in ("zstd", "lz4", "gzip"):
+            level = (
+                self.settings.wal_compression_level
+                if self.settings.compression == "zstd"
+                else level
+            )
         return EncodeParams(
             compression=self.settings.compression,
-            level=self.settings.compression_level,
+            level=level,
             key=self.key_wrapper(),
         )
 
@@ -296,7 +309,7 @@ class Repository:
         meta = {META_SHA256: sha256 or sha256_hex(plaintext), META_SIZE: str(len(plaintext))}
         meta.update(metadata or {})
         self.storage.put(key, blob, metadata=meta, if_absent=if_absent)
-        return StoredBlob(len(blob), sha256_hex(blob))
+        return StoredBlob(len(blob), blob)
 
     def get_bytes(
         self, key: str, *, expected_sha256: str | None = None

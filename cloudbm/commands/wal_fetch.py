@@ -57,10 +57,9 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
     if prefetching:
         asked = time.time()
         spool.want(name.name)
-        if spool.take(name.name, dest):
-            _ensure_worker(spool, global_args)
-            return "spool"
         started = _ensure_worker(spool, global_args)
+        if started is None and spool.take(name.name, dest):
+            return "spool"
         outcome = _wait_for_worker(spool, name.name, dest, asked, started, settings)
         if outcome == "spool":
             return outcome
@@ -77,8 +76,11 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
 
 
 def _ensure_worker(spool: Spool, global_args: list[str]) -> subprocess.Popen[bytes] | None:
+    """Start the prefetch worker unless one runs (then None). Spooled files of a worker that
+    is gone are dropped first: they were not fsynced and may predate a crash."""
     if lock_is_held(spool.lock):
         return None
+    spool.clear()
     return spawn_worker(spool.root, global_args, ["wal-prefetch"])
 
 
@@ -150,6 +152,7 @@ def prefetch_worker(settings: Settings) -> int:
     lock = take_lock(spool.lock)
     if lock is None:
         return 0
+    spool.clear()  # files of an earlier worker may predate a crash: they were not fsynced
     repo = open_repository(settings)
     segment_size = _segment_size(repo)
     fetched = 0

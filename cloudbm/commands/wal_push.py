@@ -29,6 +29,7 @@ from cloudbm.pg import walnames
 if TYPE_CHECKING:
     import subprocess
 
+    from cloudbm.codec.envelope import EncodeParams
     from cloudbm.pg.walfile import SegmentHeader
     from cloudbm.repository import Descriptor, Repository
 
@@ -52,6 +53,7 @@ class WalPusher:
         self.repo = repo
         self.pg_wal = pg_wal
         self._descriptor: Descriptor | None = None
+        self._params: EncodeParams | None = None
 
     def descriptor(self) -> Descriptor:
         """The repository descriptor, created from the data directory on first use."""
@@ -64,6 +66,11 @@ class WalPusher:
             except NotFoundError:
                 self._descriptor = initialise_repository(self.settings, self.repo)[0]
         return self._descriptor
+
+    def params(self) -> EncodeParams:
+        if self._params is None:
+            self._params = self.repo.encode_params(wal=True)
+        return self._params
 
     def validate(self, name: walnames.WalName, data: bytes) -> SegmentHeader | None:
         """Segments must come from the repository's cluster and be whole."""
@@ -101,7 +108,14 @@ class WalPusher:
             meta["cloudbm-wal-segment-size"] = str(header.segment_size)
         self.descriptor()
         try:
-            stored = self.repo.put_bytes(key, data, if_absent=True, metadata=meta, sha256=sha).size
+            stored = self.repo.put_bytes(
+                key,
+                data,
+                if_absent=True,
+                metadata=meta,
+                sha256=sha,
+                params=self.params(),
+            ).size
         except ObjectExistsError:
             if self.repo.plaintext_sha256(key) == sha:
                 log.info("%s was already archived with identical content", name.name)

@@ -10,12 +10,13 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cloudbm.fastpath import file_identity, private_dir
 
 if TYPE_CHECKING:
     import subprocess
@@ -29,9 +30,8 @@ def spool_root(spool_directory: str, server: str, repository: str) -> Path:
     """Per-repository local state, keyed by a hash of the repository URL so two servers, or
     two repositories, never share markers or prefetched files. 0700: it may hold WAL."""
     digest = hashlib.sha256(repository.encode()).hexdigest()[:16]
-    path = Path(spool_directory) / f"{server}-{digest}"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    private_dir(spool_directory)
+    return Path(private_dir(os.path.join(spool_directory, f"{server}-{digest}")))
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,9 +59,14 @@ def write_durably(dest: Path, data: bytes) -> None:
 
 
 def move_durably(src: Path, dest: Path) -> None:
-    """Rename a spooled file into place (copy + fsync across filesystems)."""
+    """Rename a spooled file into place and make it durable (copy across filesystems)."""
     try:
         os.replace(src, dest)
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
@@ -121,13 +126,8 @@ def spawn_worker(root: Path, global_args: list[str], command: list[str]) -> subp
 # --- push side ---------------------------------------------------------------------------------
 
 
-def file_identity(st: os.stat_result) -> list[int]:
-    """What must not change between the upload and PostgreSQL's call for the file."""
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 class Markers:
-    """Tool-private 'already archived' markers: archived/<name> = {sha256, size, identity}.
+    """Tool-private 'already archived' markers: archived/<name> holds the SHA-256 and identity.
 
     A marker is written only after storage confirmed the upload. PostgreSQL never changes a
     WAL file it marked .ready, so a file with the identity (device, inode, size, mtime, ctime)
@@ -153,23 +153,21 @@ class Markers:
             (self.failed_dir / name).unlink()
 
     def record(self, name: str, sha256: str, st: os.stat_result) -> None:
+        """Two lines: the plaintext SHA-256 and the file's identity (see fastpath)."""
         tmp = self.dir / f".{name}.tmp"
-        doc = {"sha256": sha256, "size": st.st_size, "identity": file_identity(st)}
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(f"{sha256}\n{file_identity(st)}\n")
         os.replace(tmp, self.dir / name)
 
     def consume(self, name: str, st: os.stat_result) -> bool:
         """True if a marker matches the file as it is now; the marker is removed either way."""
         path = self.dir / name
         try:
-            marker = json.loads(path.read_text())
+            recorded = path.read_text().split("\n", 2)
         except FileNotFoundError:
             return False
-        except ValueError:
-            marker = {}
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        return bool(marker.get("identity") == file_identity(st))
+        return len(recorded) >= 2 and recorded[1] == file_identity(st)
 
     def exists(self, name: str) -> bool:
         return (self.dir / name).exists()
@@ -228,8 +226,18 @@ class Spool:
         return True
 
     def store(self, name: str, data: bytes) -> None:
-        """Spooled files are complete when visible (temp + fsync + rename)."""
-        write_durably(self.ready / name, data)
+        """Complete when visible (temp + rename). Not fsynced: the spool is a cache that every
+        new worker empties first (see clear), so nothing written before a crash is served."""
+        tmp = self.ready / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self.ready / name)
+
+    def clear(self) -> None:
+        """Forget every spooled file (a worker starts with an empty spool)."""
+        for path in self.ready.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def has(self, name: str) -> bool:
         return (self.ready / name).exists()

@@ -6,17 +6,20 @@ backup history files `<segment>.<offset8>.backup` and `<segment>.partial`.
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 from cloudbm.errors import ConfigError
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
-_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-_HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
-_BACKUP = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.([0-9A-F]{8})\.backup$")
-_PARTIAL = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.partial$")
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _hex8(text: str) -> int | None:
+    """Eight upper-case hex digits -> int (PostgreSQL writes WAL names in upper case)."""
+    if len(text) != 8 or not _HEX.issuperset(text):
+        return None
+    return int(text, 16)
 
 
 class WalKind:
@@ -50,33 +53,39 @@ class WalName(NamedTuple):
 
 def parse(name: str) -> WalName:
     """Parse a file name PostgreSQL hands to archive/restore commands; ConfigError if foreign."""
-    for pattern, kind in (
-        (_SEGMENT, WalKind.SEGMENT),
-        (_PARTIAL, WalKind.PARTIAL),
-        (_BACKUP, WalKind.BACKUP),
-    ):
-        m = pattern.match(name)
-        if m:
-            tli, log, seg = (int(m.group(i), 16) for i in (1, 2, 3))
-            if tli == 0:
-                break
-            return WalName(tli, log, seg, kind, name)
-    m = _HISTORY.match(name)
-    if m and int(m.group(1), 16) > 0:
-        return WalName(int(m.group(1), 16), 0, 0, WalKind.HISTORY, name)
-    raise ConfigError(
-        f"{name!r} is not a WAL file name",
-        hint="expected a 24-hex segment, TLI.history, SEGMENT.partial or SEGMENT.OFFSET.backup",
-    )
+    parsed = _parse(name)
+    if parsed is None:
+        raise ConfigError(
+            f"{name!r} is not a WAL file name",
+            hint="expected a 24-hex segment, TLI.history, SEGMENT.partial or SEGMENT.OFFSET.backup",
+        )
+    return parsed
+
+
+def _parse(name: str) -> WalName | None:
+    # Plain string checks: no regular expressions to compile on every archive_command call.
+    head, dot, rest = name.partition(".")
+    if len(head) == 8 and rest == "history":
+        tli = _hex8(head)
+        return WalName(tli, 0, 0, WalKind.HISTORY, name) if tli else None
+    if len(head) != 24:
+        return None
+    tli, log, seg = _hex8(head[:8]), _hex8(head[8:16]), _hex8(head[16:])
+    if not tli or log is None or seg is None:
+        return None
+    if not dot:
+        return WalName(tli, log, seg, WalKind.SEGMENT, name)
+    if rest == "partial":
+        return WalName(tli, log, seg, WalKind.PARTIAL, name)
+    offset, _, suffix = rest.partition(".")
+    if suffix == "backup" and _hex8(offset) is not None:
+        return WalName(tli, log, seg, WalKind.BACKUP, name)
+    return None
 
 
 def is_wal_name(name: str) -> bool:
     """True if `name` is any file name PostgreSQL archives."""
-    try:
-        parse(name)
-    except ConfigError:
-        return False
-    return True
+    return _parse(name) is not None
 
 
 def segment_name(timeline: int, log: int, seg: int) -> str:

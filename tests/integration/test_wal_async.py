@@ -143,7 +143,11 @@ def test_prefetch_serves_recovery_from_the_spool_and_never_invents_a_miss(
     res = stalled.cloudbm("wal-fetch", first, "pg_wal/RECOVERYXLOG")
     assert res.returncode == 0, res.stderr
     assert _sha(wal / "RECOVERYXLOG") == _sha(wal / first)
-    stalled.wait_workers()
+    # the worker keeps running while recovery keeps asking; wait until it spooled the rest
+    deadline = time.monotonic() + 30
+    while len(list(stalled.workdir.glob("spool/*/prefetch/0*"))) < len(rest):
+        assert time.monotonic() < deadline, "prefetch never filled the spool"
+        time.sleep(0.05)
     away = stalled.repo.with_name("repo.away")
     stalled.repo.rename(away)
     try:
