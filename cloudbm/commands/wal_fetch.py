@@ -212,7 +212,7 @@ def prefetch_worker(settings: Settings) -> int:
                         else:
                             missing[n] = time.time()
                             spool.remember_absent(n)
-                    except CloudbmError as exc:
+                    except (CloudbmError, OSError) as exc:
                         # Recovery's own call fetches it and reports the real error.
                         log.warning("prefetch of %s failed: %s", n, exc)
                         failed.add(n)

@@ -281,15 +281,15 @@ class Spool:
 
     def prune(self, served: str) -> None:
         """Drop entries recovery has moved past (same timeline, before `served`) and anything
-        older than an hour."""
+        older than an hour (temporary files of fetches in flight are left alone)."""
         now = time.time()
         for path in self.ready.iterdir():
             try:
                 old = now - path.stat().st_mtime > SPOOL_MAX_AGE
                 behind = (
-                    len(path.name) == 24 and path.name[:8] == served[:8] and (path.name < served)
+                    len(path.name) == 24 and path.name[:8] == served[:8] and path.name < served
                 )
-                if old or behind or path.name.startswith("."):
+                if old or behind:
                     path.unlink()
             except FileNotFoundError:
                 continue
