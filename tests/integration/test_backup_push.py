@@ -31,6 +31,7 @@ from tests.integration.pgcluster import (
     PgCluster,
     as_postgres,
     chown_tree,
+    free_port,
     postgres_dir,
     running_cluster,
 )
@@ -256,3 +257,118 @@ def test_killed_backup_never_looks_done_and_a_second_run_is_refused(env_for: Any
         # the server ended backup mode with the session: a new backup works
         res = site.cloudbm("--json", "backup-push", "--bandwidth-limit", "1000000")
         assert res.returncode == 0, res.stderr
+
+
+def test_hooks_see_the_backup_and_its_outcome(env_for: Any) -> None:
+    with make_site("local", None) as site:
+        record = site.workdir / "hooks.log"
+        hook = site.workdir / "hook.sh"
+        hook.write_text(
+            "#!/bin/sh\n"
+            f'echo "$CLOUDBM_PHASE $CLOUDBM_STATUS $CLOUDBM_BACKUP_ID $CLOUDBM_SERVER '
+            f'$CLOUDBM_PREVIOUS_ID|$CLOUDBM_ERROR" >> {record}\n'
+        )
+        hook.chmod(0o755)
+        text = site.config.read_text()
+        site.config.write_text(
+            text + f'pre_backup_script = "{hook}"\npost_backup_script = "{hook}"\n'
+        )
+        chown_tree(site.workdir)
+        first = site.cloudbm("--json", "backup-push", "--no-progress")
+        assert first.returncode == 0, first.stderr
+        second = site.cloudbm("--json", "backup-push", "--no-progress")
+        assert second.returncode == 0, second.stderr
+        id1, id2 = json.loads(first.stdout)["backup_id"], json.loads(second.stdout)["backup_id"]
+        lines = record.read_text().splitlines()
+        assert lines[0] == f"pre STARTED {id1} main |"
+        assert lines[1] == f"post DONE {id1} main |"
+        assert lines[2] == f"pre STARTED {id2} main {id1}|"
+        assert lines[3] == f"post DONE {id2} main {id1}|"
+
+
+def test_backup_from_a_standby_waits_for_the_primary_to_archive(env_for: Any) -> None:
+    with make_site("local", None) as site:
+        primary = site.cluster
+        primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+        standby_dir = site.workdir / "standby"
+        as_postgres(
+            [
+                "/usr/lib/postgresql/15/bin/pg_basebackup",
+                "-h",
+                str(primary.socket_dir),
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(standby_dir),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--tablespace-mapping",
+                f"{site.workdir / 'ts'}={site.workdir / 'ts2'}",
+            ]
+        )
+        standby = PgCluster(site.workdir, 0)
+        standby.pgdata = standby_dir
+        standby.port = free_port()
+        standby.log_path = site.workdir / "standby.log"
+        standby.configure(
+            {
+                "port": str(standby.port),
+                "archive_mode": "on",
+                "unix_socket_directories": f"'{site.workdir}'",
+            }
+        )
+        standby.start(site.target.env)
+        try:
+            assert standby.psql("SELECT pg_is_in_recovery()") == "t"
+            text = site.config.read_text()
+            config = site.workdir / "standby.toml"
+            config.write_text(
+                text.replace(
+                    f"host={primary.socket_dir} port={primary.port}",
+                    f"host={site.workdir} port={standby.port}",
+                ).replace(str(primary.pgdata), str(standby_dir))
+            )
+            chown_tree(site.workdir)
+            env = {"PATH": "/usr/bin:/bin", **site.target.env}
+            proc = subprocess.Popen(
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    "env",
+                    *(f"{k}={v}" for k, v in env.items()),
+                    str(CLOUDBM),
+                    "--config",
+                    str(config),
+                    "--json",
+                    "backup-push",
+                    "--no-progress",
+                ],
+                cwd=standby_dir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            # A standby's stop does not switch WAL: the primary must, as archive_timeout would.
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                primary.psql("INSERT INTO t VALUES (0); SELECT pg_switch_wal()")
+                time.sleep(0.5)
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            summary = json.loads(out)
+            assert summary["backup_from"] == "standby"
+            env_for(site)
+            repo = open_repo(site.config)
+            try:
+                decode_all_parts(repo, load_manifest(repo, summary["backup_id"]))
+            finally:
+                repo.storage.close()
+        finally:
+            standby.stop("immediate")
