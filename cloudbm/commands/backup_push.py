@@ -183,7 +183,7 @@ class BackupRun:
             stored_sha256=stored.sha.hexdigest(),
             files_stored_size=files_blob.size,
             files_stored_sha256=files_blob.sha256,
-            file_count=sum(1 for r in tar.records if not r.missing),
+            file_count=sum(1 for r in tar.records if r.kind == "file" and not r.missing),
         )
 
     def copy_files(

@@ -368,7 +368,7 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
             "inclusive": target.inclusive,
             "action": target.action,
         },
-        start_command=f"pg_ctl -D {dest} start  # PostgreSQL {manifest.pg_version}",
+        start_command=f"pg_ctl -D {dest} start  # with the binaries of {manifest.pg_version}",
         restore_command=restore_command,
     )
 
