@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
+    p = sub.add_parser("verify", help="download and check every part of a backup and its WAL")
+    p.add_argument("backup_id", metavar="ID", help="a backup id, latest/last or oldest/first")
+
+    sub.add_parser("wal-verify", help="gaps and unexpected timelines in the WAL archive")
+
     p = sub.add_parser(
         "recover",
         help="rebuild a data directory from a backup and configure point-in-time recovery",
@@ -335,6 +340,32 @@ def run(args: Args) -> int:
         return 0
     if command == "recover":
         return _recover(args)
+    if command == "verify":
+        from dataclasses import asdict
+
+        from cloudbm.commands.verify import verify_backup
+
+        report = verify_backup(_settings(args), args.backup_id)
+        _emit(
+            args,
+            f"backup {report.backup_id} OK: {report.parts} part(s), {report.files} "
+            f"files ({report.bytes} bytes) match the manifest; its WAL is archived",
+            asdict(report),
+        )
+        return 0
+    if command == "wal-verify":
+        from cloudbm.commands.verify import wal_verify
+
+        wal_report = wal_verify(_settings(args))
+        lines = [
+            f"timeline {t}: {d['first']} .. {d['last']}, {d['segments']} segments, "
+            + ("no gaps" if not d["gaps"] else f"{len(d['gaps'])} gap(s)")
+            for t, d in wal_report["timelines"].items()
+        ]
+        lines += [f"FAILED: {p}" for p in wal_report["problems"]]
+        lines.append("WAL archive OK" if wal_report["ok"] else "WAL archive has problems")
+        _emit(args, "\n".join(lines), wal_report)
+        return 0 if wal_report["ok"] else 3
     if command == "init":
         from cloudbm.commands.init import init
 

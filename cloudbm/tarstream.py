@@ -511,8 +511,11 @@ class TarExtractor:
         chunk_size: int = 1 << 20,
         skip: Callable[[str], bool] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        verify_only: bool = False,
     ) -> None:
         self.dest = Path(dest)
+        # verify_only: check every member against `expected` and write nothing (cloudbm verify).
+        self.verify_only = verify_only
         self.skip = skip
         self.on_progress = on_progress
         self.expected = expected
@@ -607,6 +610,8 @@ class TarExtractor:
                 raise IntegrityError(
                     f"{rel}: size {m.size} in the archive, {expected.size} in the manifest"
                 )
+        if self.verify_only:
+            return self._verify_file(tar, m, rel, expected)
         if self.skip is not None and self.skip(rel):
             # Already in place (delta restore): read past the data, write nothing.
             tar.skip(m.size + (-m.size % BLOCK), f"the data of {rel}")
@@ -648,6 +653,30 @@ class TarExtractor:
         padding = -m.size % BLOCK
         if padding:
             tar.read_exact(padding, f"the padding of {rel}")
+        return FileRecord(rel, "file", m.size, m.mode & 0o777, mtime, sha)
+
+    def _verify_file(
+        self, tar: _TarStream, m: _Member, rel: str, expected: FileRecord | None
+    ) -> FileRecord:
+        digest = hashlib.sha256()
+        remaining = m.size
+        while remaining:
+            data = tar.stream.read(min(self.chunk_size, remaining))
+            if not data:
+                raise IntegrityError(f"tar stream truncated in {rel}")
+            digest.update(data)
+            remaining -= len(data)
+            if self.on_progress is not None:
+                self.on_progress(len(data))
+        sha = digest.hexdigest()
+        if expected is not None and expected.sha256 is not None and expected.sha256 != sha:
+            raise IntegrityError(
+                f"{rel}: SHA-256 {sha} does not match the manifest's {expected.sha256}"
+            )
+        padding = -m.size % BLOCK
+        if padding:
+            tar.read_exact(padding, f"the padding of {rel}")
+        mtime = expected.mtime if expected is not None else m.mtime
         return FileRecord(rel, "file", m.size, m.mode & 0o777, mtime, sha)
 
     def _through_link(self, rel: str) -> bool:

@@ -75,7 +75,7 @@ class RecoverResult:
     restore_command: str
 
 
-class _HashingStream:
+class HashingStream:
     """Hashes the stored bytes of a part as they are downloaded."""
 
     def __init__(self, inner: Any) -> None:
@@ -143,7 +143,7 @@ def _parse_target_time(text: str) -> datetime:
     return value
 
 
-def _recovery_object(repo: Repository, manifest: Manifest) -> dict[str, Any]:
+def recovery_object(repo: Repository, manifest: Manifest) -> dict[str, Any]:
     """Decode the recovery object and check that it and the summary pin each other."""
     from cloudbm.codec.envelope import decode_bytes
 
@@ -286,7 +286,7 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
     entry = _choose_backup(load_catalogue(repo), options)
     manifest = entry.manifest
     assert manifest is not None
-    recovery = _recovery_object(repo, manifest)
+    recovery = recovery_object(repo, manifest)
     dest = options.dest.absolute()
     _check_empty(dest, "destination", options)
     locations = _tablespace_locations(manifest, options)
@@ -309,7 +309,7 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
                 return locations[oid] / parts[2] if len(parts) > 2 else locations[oid]
         return dest / rel
 
-    records, by_part = _all_records(repo, manifest)
+    records, by_part = all_records(repo, manifest)
     kept: set[str] = set()
     removed = 0
     if options.delta and dest.exists():
@@ -373,7 +373,7 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
     )
 
 
-def _all_records(
+def all_records(
     repo: Repository, manifest: Manifest
 ) -> tuple[dict[str, FileRecord], dict[str, list[str]]]:
     """Every record of the backup (each list checked against the manifest's digest), and the
@@ -466,7 +466,7 @@ def _extract_parts(
 
     def one(part: Any) -> tuple[int, int]:
         reader = repo.storage.get(part.key)
-        hashing = _HashingStream(reader)
+        hashing = HashingStream(reader)
         stream = DecodingReader(hashing, name=part.key, keyring=repo.keyring())
         extractor = TarExtractor(
             dest,

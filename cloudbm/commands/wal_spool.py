@@ -286,9 +286,7 @@ class Spool:
         for path in self.ready.iterdir():
             try:
                 old = now - path.stat().st_mtime > SPOOL_MAX_AGE
-                behind = (
-                    len(path.name) == 24 and path.name[:8] == served[:8] and path.name < served
-                )
+                behind = len(path.name) == 24 and path.name[:8] == served[:8] and path.name < served
                 if old or behind:
                     path.unlink()
             except FileNotFoundError:

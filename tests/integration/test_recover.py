@@ -385,3 +385,44 @@ def test_missing_wal_in_the_middle_is_refused_and_named(damaged: History) -> Non
         assert not (damaged.restores / "gap").exists()
     finally:
         moved.rename(victim)
+
+
+def test_verify_passes_on_a_sound_backup_and_wal_verify_finds_no_gap(damaged: History) -> None:
+    res = damaged.site.cloudbm("--json", "verify", "latest")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["files"] > 0 and not report["problems"]
+    res = damaged.site.cloudbm("--json", "wal-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["ok"] is True
+
+
+def test_verify_names_a_part_with_a_flipped_byte(damaged: History) -> None:
+    part = _repo_dir(damaged) / "backups" / damaged.backup_id / "data" / "part-00002"
+    original = part.read_bytes()
+    try:
+        blob = bytearray(original)
+        blob[len(blob) // 3] ^= 0x01
+        part.write_bytes(bytes(blob))
+        res = damaged.site.cloudbm("verify", damaged.backup_id)
+        assert res.returncode == 5, res.stderr
+        assert "part-00002" in res.stderr and "part-00001" not in res.stderr
+    finally:
+        part.write_bytes(original)
+
+
+def test_verify_and_wal_verify_report_a_missing_segment(damaged: History) -> None:
+    shown = json.loads(damaged.site.cloudbm("--json", "backup-show", damaged.backup_id).stdout)
+    wal_dir = _repo_dir(damaged) / "wal" / shown["stop_wal"][:16]
+    victim = wal_dir / shown["stop_wal"]
+    moved = victim.with_name(victim.name + ".away")
+    victim.rename(moved)
+    try:
+        res = damaged.site.cloudbm("verify", damaged.backup_id)
+        assert res.returncode == 5, res.stderr
+        assert shown["stop_wal"] in res.stderr
+        res = damaged.site.cloudbm("wal-verify")
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert shown["stop_wal"] in res.stdout
+    finally:
+        moved.rename(victim)
