@@ -41,7 +41,12 @@ from cloudbm.errors import (
 )
 from cloudbm.logs import log
 from cloudbm.pg import timeline, walnames
-from cloudbm.pg.recovery_conf import RecoveryConfig, RecoveryTarget, write_recovery
+from cloudbm.pg.recovery_conf import (
+    RecoveryConfig,
+    RecoveryTarget,
+    write_private_file,
+    write_recovery,
+)
 from cloudbm.repository import Repository
 from cloudbm.tarstream import FileRecord, TarExtractor
 
@@ -337,10 +342,10 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
             shutil.rmtree(link)
         os.symlink(location, link)
     label_path = dest / "backup_label"
-    _write_durably(label_path, str(recovery["backup_label"]))
+    write_private_file(label_path, str(recovery["backup_label"]))
     map_path = dest / "tablespace_map"
     if locations:
-        _write_durably(map_path, "".join(f"{oid} {loc}\n" for oid, loc in locations.items()))
+        write_private_file(map_path, "".join(f"{oid} {loc}\n" for oid, loc in locations.items()))
     else:
         map_path.unlink(missing_ok=True)
     restore_command = options.restore_command or _default_restore_command(settings, options)
@@ -507,16 +512,6 @@ def _extract_parts(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(one, todo))
     return sum(r[0] for r in results), sum(r[1] for r in results)
-
-
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".cloudbm-tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _fsync_tree(dest: Path, locations: dict[int, Path]) -> None:

@@ -98,17 +98,18 @@ def write_recovery(pgdata: Path, config: RecoveryConfig, note: str) -> list[Path
     """Write postgresql.auto.conf and exactly one signal file; returns the files written."""
     auto = pgdata / "postgresql.auto.conf"
     existing = auto.read_text() if auto.exists() else ""
-    written = [_write(auto, render_auto_conf(existing, settings(config), note))]
+    written = [write_private_file(auto, render_auto_conf(existing, settings(config), note))]
     wanted, other = ("standby.signal", "recovery.signal")
     if not config.standby:
         wanted, other = other, wanted
     (pgdata / other).unlink(missing_ok=True)
     (pgdata / "recovery.conf").unlink(missing_ok=True)  # PG 12+ refuses to start with it
-    written.append(_write(pgdata / wanted, ""))
+    written.append(write_private_file(pgdata / wanted, ""))
     return written
 
 
-def _write(path: Path, text: str) -> Path:
+def write_private_file(path: Path, text: str) -> Path:
+    """Write a 0600 file durably: temp file, fsync, rename."""
     tmp = path.with_name(path.name + ".cloudbm-tmp")
     with open(tmp, "w") as fh:
         fh.write(text)

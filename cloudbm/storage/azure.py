@@ -28,7 +28,6 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -55,7 +54,7 @@ from cloudbm.errors import (
     StorageUnavailableError,
     TransientStorageError,
 )
-from cloudbm.storage.base import MiB, ObjectInfo, StorageOptions, part_size_for
+from cloudbm.storage.base import ClosingReader, MiB, ObjectInfo, StorageOptions, part_size_for
 
 BATCH_SIZE = 256  # blob batch limit
 MAX_BLOCKS = 50_000
@@ -209,7 +208,7 @@ def _read_upto(source: BinaryIO, limit: int) -> bytes:
     return bytes(out)
 
 
-class _AzureReader:
+class _AzureReader(ClosingReader):
     """Streams the chunks of one download, re-blocked to the sizes the caller asks for."""
 
     def __init__(
@@ -250,17 +249,6 @@ class _AzureReader:
     def close(self) -> None:
         self._chunks = None
         self._buf, self._off = b"", 0
-
-    def __enter__(self) -> _AzureReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class AzureStorage:

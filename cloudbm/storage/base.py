@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, Self, runtime_checkable
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -153,7 +153,25 @@ def md5_digest(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
-class BytesReader:
+class ClosingReader:
+    """Context-manager half of ObjectReader for backends' readers: `with` closes them."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BytesReader(ClosingReader):
     """ObjectReader over an in-memory buffer; handy for backends and tests."""
 
     def __init__(self, data: bytes, info: ObjectInfo) -> None:
@@ -170,14 +188,3 @@ class BytesReader:
 
     def close(self) -> None:
         self._data = memoryview(b"")
-
-    def __enter__(self) -> BytesReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

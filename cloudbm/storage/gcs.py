@@ -26,7 +26,6 @@ import io
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import Any, BinaryIO
 
 import google.auth.exceptions as auth_exc
@@ -47,7 +46,7 @@ from cloudbm.errors import (
     StorageUnavailableError,
     TransientStorageError,
 )
-from cloudbm.storage.base import MiB, ObjectInfo, StorageOptions, part_size_for
+from cloudbm.storage.base import ClosingReader, MiB, ObjectInfo, StorageOptions, part_size_for
 
 # JSON API batch limit is 100 calls per request.
 BATCH_SIZE = 100
@@ -223,7 +222,7 @@ def _align(size: int) -> int:
     return max(CHUNK_ALIGN, -(-size // CHUNK_ALIGN) * CHUNK_ALIGN)
 
 
-class _GCSReader:
+class _GCSReader(ClosingReader):
     """Streams [start, stop) of one generation in ranged chunks of at most `chunk` bytes."""
 
     def __init__(
@@ -300,17 +299,6 @@ class _GCSReader:
     def close(self) -> None:
         self._closed = True
         self._buf, self._off = b"", 0
-
-    def __enter__(self) -> _GCSReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _BatchUnsupported(Exception):

@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO
 
 from cloudbm.errors import (
@@ -26,7 +25,7 @@ from cloudbm.errors import (
     StoragePermissionError,
     StorageUnavailableError,
 )
-from cloudbm.storage.base import ObjectInfo
+from cloudbm.storage.base import ClosingReader, ObjectInfo
 
 META_SUFFIX = ".cbmeta"
 TMP_PREFIX = ".cbtmp-"
@@ -41,7 +40,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _FileReader:
+class _FileReader(ClosingReader):
     def __init__(self, fh: BinaryIO, info: ObjectInfo, remaining: int | None) -> None:
         self._fh = fh
         self._remaining = remaining
@@ -58,17 +57,6 @@ class _FileReader:
 
     def close(self) -> None:
         self._fh.close()
-
-    def __enter__(self) -> _FileReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class LocalStorage:

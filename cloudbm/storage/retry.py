@@ -12,11 +12,10 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from types import TracebackType
 from typing import BinaryIO, TypeVar
 
 from cloudbm.errors import StorageError, TransientStorageError
-from cloudbm.storage.base import ObjectInfo, ObjectReader, Storage, StorageOptions
+from cloudbm.storage.base import ClosingReader, ObjectInfo, ObjectReader, Storage, StorageOptions
 
 T = TypeVar("T")
 
@@ -62,7 +61,7 @@ class RetryPolicy:
                 self.sleep(delay)
 
 
-class _ResumingReader:
+class _ResumingReader(ClosingReader):
     """Re-opens the object at the current offset when a read fails transiently."""
 
     def __init__(
@@ -112,17 +111,6 @@ class _ResumingReader:
 
     def close(self) -> None:
         self._reader.close()
-
-    def __enter__(self) -> _ResumingReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class RetryingStorage:

@@ -55,6 +55,7 @@ from cloudbm.errors import (
 )
 from cloudbm.storage.base import (
     BytesReader,
+    ClosingReader,
     MiB,
     ObjectInfo,
     ObjectReader,
@@ -263,7 +264,7 @@ def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
-class _S3Reader:
+class _S3Reader(ClosingReader):
     """ObjectReader over a botocore StreamingBody; errors during reads are mapped too."""
 
     def __init__(self, body: Any, info: ObjectInfo, where: str) -> None:
@@ -281,17 +282,6 @@ class _S3Reader:
     def close(self) -> None:
         # Closing an unfinished body drops the connection instead of draining it.
         self._body.close()
-
-    def __enter__(self) -> _S3Reader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class S3Storage:
