@@ -261,12 +261,14 @@ class Plan:
             lines.append(f"WAL: {self.wal_note}")
         lines.extend(t.line() for t in self.wal_timelines)
         if self.history_files:
-            lines.append(f"WAL: keeping {self.history_files} history files (never removed)")
+            files = _plural(self.history_files, "history file")
+            lines.append(f"WAL: keeping {files} (never removed)")
         if self.foreign_files:
-            lines.append(f"WAL: ignoring {self.foreign_files} objects that are not WAL files")
+            objects = _plural(self.foreign_files, "object")
+            lines.append(f"WAL: ignoring {objects} that are not WAL file names")
         lines.append(
-            f"summary: keeping {len(self.keep)} backups, removing {len(self.remove)}; "
-            f"removing {len(self.wal_remove)} WAL files"
+            f"summary: keeping {_plural(len(self.keep), 'backup')}, removing "
+            f"{len(self.remove)}; removing {_plural(len(self.wal_remove), 'WAL file')}"
         )
         return lines
 
@@ -308,17 +310,14 @@ def _decide_backups(
         reverse=True,
     )
 
-    # Newest DONE begin per group, and over that group plus every newer one: a non-DONE
-    # backup of an old system is stale once any newer system has a DONE backup.
-    newest_done: dict[str, BackupInfo] = {}
+    # The newest DONE backup over a group and every newer one: a non-DONE backup of an old
+    # system is stale once any newer system has a DONE backup that began after it.
     reference: dict[str, BackupInfo] = {}
     best: BackupInfo | None = None
     for sysid in ranked:
         done = [b for b in groups[sysid] if b.status == catalog.DONE]
-        if done:
-            newest_done[sysid] = done[-1]
-            if best is None or _order_key(done[-1]) > _order_key(best):
-                best = done[-1]
+        if done and (best is None or _order_key(done[-1]) > _order_key(best)):
+            best = done[-1]
         if best is not None:
             reference[sysid] = best
 
@@ -327,22 +326,19 @@ def _decide_backups(
             continue
         if b.status == catalog.DONE:
             continue
+        # Unknown system (an old started.json): compare with the newest DONE of any system.
         ref = reference.get(b.system_identifier) if b.system_identifier else best
-        if ref is not None and _order_key(b) < _order_key(ref):
+        assert b.begin is not None
+        if ref is not None and ref.begin is not None and b.begin < ref.begin:
             decisions[b.backup_id] = (
                 "remove",
                 f"{b.status} and older than the newest DONE backup {ref.backup_id}",
             )
-        elif b.status == catalog.FAILED:
-            decisions[b.backup_id] = (
-                "keep",
-                "FAILED, newer than the newest DONE backup (kept for diagnosis)",
-            )
-        else:
-            decisions[b.backup_id] = (
-                "keep",
-                f"{b.status}, newer than the newest DONE backup (may still be running)",
-            )
+            continue
+        where = "newer than the newest DONE backup" if ref is not None else "no DONE backup yet"
+        running = b.status in (catalog.STARTED, catalog.WAITING_FOR_WALS)
+        why = "may still be running" if running else "kept for diagnosis"
+        decisions[b.backup_id] = ("keep", f"{b.status}, {where} ({why})")
 
     for b in infos:
         if b.keep:
@@ -388,7 +384,11 @@ def _policy_prefix(
 ) -> list[str]:
     """Reasons for the newest backups the policy keeps (a prefix of `rotation`)."""
     if isinstance(policy, Redundancy):
-        why = f"one of the {policy.count} newest DONE backups ({policy})"
+        why = (
+            f"the newest DONE backup ({policy})"
+            if policy.count == 1
+            else f"one of the {policy.count} newest DONE backups ({policy})"
+        )
         return [why] * min(policy.count, len(rotation))
     assert window_start is not None
     reasons: list[str] = []
@@ -417,11 +417,23 @@ _NONE = ""  # sorts before every WAL name: nothing is below it
 class _Rule:
     """How one timeline's files are judged in the single pass over the names."""
 
-    __slots__ = ("cut", "files", "islands_hi", "islands_lo", "keep_from", "reason", "removed")
+    __slots__ = (
+        "cut",
+        "files",
+        "islands_hi",
+        "islands_lo",
+        "keep_from",
+        "kept_reason",
+        "reason",
+        "removed",
+    )
 
-    def __init__(self, cut: str, reason: str, keep_from: str | None) -> None:
+    def __init__(
+        self, cut: str, reason: str, keep_from: str | None, kept_reason: str | None = None
+    ) -> None:
         self.cut = cut  # files whose 24-hex segment sorts below this are removed
-        self.reason = reason
+        self.reason = reason  # why files go (or, for a keep-all rule, why they all stay)
+        self.kept_reason = kept_reason or reason  # the line's reason when nothing goes
         self.keep_from = keep_from
         self.islands_lo: list[str] = []  # standalone keeps: [lo, hi] ranges still kept
         self.islands_hi: list[str] = []
@@ -468,9 +480,10 @@ def _wal_rules(
         start_seg = walnames.segment_number(start, segment_size)
         if b.keep == KEEP_STANDALONE:
             stop = _segment_of(b.stop_wal) or start
-            stop_seg = walnames.segment_number(stop, segment_size)
+            lo, hi = sorted((start_seg, walnames.segment_number(stop, segment_size)))
+            # A backup from a standby promoted mid-run stops on the next timeline.
             for tli in {start.timeline, stop.timeline}:
-                islands.setdefault(tli, []).append((start_seg, stop_seg, b.backup_id))
+                islands.setdefault(tli, []).append((lo, hi, b.backup_id))
             continue
         lsn = b.start_lsn if b.start_lsn is not None else start_seg * segment_size
         anchors.append(_Anchor(b.backup_id, start.timeline, lsn, start_seg))
@@ -488,9 +501,13 @@ def _wal_rules(
                 on_path = on_path or span.timeline == a.timeline
                 if not on_path:
                     continue  # timelines before the backup's own are never read from it
-                # The switch segment is read from the child, so each later timeline is
-                # needed from the segment holding its switch point.
-                first = max(a.start_seg, span.begin // segment_size)
+                # The backup's own timeline is needed from its start whatever the history
+                # says; each later one from the segment holding its switch point (recovery
+                # reads the switch segment from the child).
+                if span.timeline == a.timeline:
+                    first = a.start_seg
+                else:
+                    first = max(a.start_seg, span.begin // segment_size)
                 if span.timeline not in cuts or first < cuts[span.timeline][0]:
                     cuts[span.timeline] = (first, a.backup_id)
     return cuts, islands, None
@@ -511,6 +528,7 @@ def _make_rule(
             keep_from,
             f"older than {keep_from}, the first segment backup {backup_id} needs",
             keep_from,
+            f"backup {backup_id} needs them from {keep_from}",
         )
     elif tli != 1 and tli not in histories:
         # Without its history file the timeline's origin is unknown: it may be the live one.
@@ -519,8 +537,12 @@ def _make_rule(
         rule = _Rule(_NONE, "newest timeline: the live one until a backup reaches it", None)
     else:
         rule = _Rule(_ALL, f"no kept backup can reach timeline {tli}", None)
+    ranges = sorted(islands.get(tli, []))
+    if ranges and rule.cut:
+        owners = ", ".join(sorted({backup_id for _lo, _hi, backup_id in ranges}))
+        rule.reason += f" (standalone {owners} keep their own start..stop range)"
     reach = -1
-    for lo, hi, _backup_id in sorted(islands.get(tli, [])):
+    for lo, hi, _backup_id in ranges:
         # A running maximum of the ends: one bisect on the starts then answers "inside any".
         reach = max(reach, hi)
         rule.islands_lo.append(walnames.from_number(tli, lo, segment_size))
@@ -542,7 +564,7 @@ def _scan_wal(
     rule = _Rule(_NONE, "", None)  # a placeholder until the first name
     cut, lows, highs, remove, seen = rule.cut, rule.islands_lo, rule.islands_hi, None, 0
     for name in wal:
-        base = name[name.rfind("/") + 1 :]
+        base = name.rpartition("/")[2]
         if len(base) == 24:
             if base.strip(hexchars):  # not all upper-case hex (strip is one C loop)
                 foreign += 1
@@ -667,7 +689,7 @@ def plan(
                 first_removed=_base(first),
                 last_removed=_base(last),
                 keep_from=rule.keep_from,
-                reason=rule.reason,
+                reason=rule.reason if names else rule.kept_reason,
             )
         )
     removed.sort()
