@@ -9,6 +9,7 @@ Everything under `backups/<ID>/` is written once and never rewritten (Object Loc
     backups/<ID>/data/part-NNNNN.files  file list of that part (envelope: JSON lines)
     backups/<ID>/recovery            backup_label + tablespace_map (envelope)
     backups/<ID>/manifest.json       plain JSON summary, written last: its presence = DONE
+    backups/<ID>/keep/<time>.json    keep events (full, standalone, released); the newest wins
 
 The summary holds what listing and retention need (a host with only the public key can read it);
 file names and the backup label are only in encrypted objects. The summary pins every other

@@ -90,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
+    p = sub.add_parser("retention", help="apply the retention policy (backups, then WAL)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
+    p.add_argument("target", nargs="?", metavar="SERVER", help="a server name or 'all'")
+
+    p = sub.add_parser("delete", help="remove one backup and the WAL only it needed")
+    p.add_argument("backup_id", metavar="ID", help="a backup id, latest/last or oldest/first")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="allow deleting the last DONE backup or going below minimum_redundancy",
+    )
+
+    p = sub.add_parser("keep", help="keep a backup out of retention, or release it")
+    p.add_argument("backup_id", metavar="ID", help="a backup id, latest/last or oldest/first")
+    p.add_argument(
+        "--target",
+        choices=("full", "standalone"),
+        help="full: with all WAL from it onward; standalone: only the WAL for consistency",
+    )
+    p.add_argument("--release", action="store_true", help="let retention manage it again")
+
     p = sub.add_parser("verify", help="download and check every part of a backup and its WAL")
     p.add_argument("backup_id", metavar="ID", help="a backup id, latest/last or oldest/first")
 
@@ -340,6 +361,53 @@ def run(args: Args) -> int:
         return 0
     if command == "recover":
         return _recover(args)
+    if command == "retention":
+        from cloudbm.commands.retention_cmd import retention
+
+        docs: list[dict[str, Any]] = []
+        texts: list[str] = []
+        for settings in _each_server(args, args.target):
+            applied = retention(settings, dry_run=args.dry_run)
+            texts += applied.plan.explain()
+            texts.append(
+                "dry run: nothing removed"
+                if applied.dry_run
+                else f"removed {len(applied.backups_removed)} backup(s) and "
+                f"{applied.wal_removed} WAL file(s)"
+            )
+            docs.append(
+                {
+                    "server": settings.server,
+                    "dry_run": applied.dry_run,
+                    "plan": applied.plan.explain(),
+                    "backups_removed": applied.backups_removed,
+                    "wal_removed": applied.wal_removed,
+                }
+            )
+        _emit(args, "\n".join(texts), {"servers": docs})
+        return 0
+    if command == "delete":
+        from cloudbm.commands.retention_cmd import delete
+
+        applied = delete(_settings(args), args.backup_id, force=args.force)
+        _emit(
+            args,
+            f"deleted backup {applied.backups_removed[0]} and {applied.wal_removed} "
+            "WAL file(s) no other backup needs",
+            {"deleted": applied.backups_removed, "wal_removed": applied.wal_removed},
+        )
+        return 0
+    if command == "keep":
+        from cloudbm.commands.retention_cmd import keep
+
+        kept = keep(_settings(args), args.backup_id, target=args.target, release=args.release)
+        verb = "released" if args.release else f"kept ({args.target})"
+        _emit(
+            args,
+            f"backup {kept} {verb}",
+            {"backup_id": kept, "keep": None if args.release else args.target},
+        )
+        return 0
     if command == "verify":
         from dataclasses import asdict
 

@@ -66,6 +66,12 @@ class Settings:
     wal_wait_timeout: float = 600.0
     pre_backup_script: str | None = None
     post_backup_script: str | None = None
+    # retention (docs/retention.md)
+    retention_policy: str | None = None
+    # This host's credentials cannot delete (archiving hosts should not): refuse deletes early.
+    append_only: bool = False
+    minimum_redundancy: int = 0
+    wal_retention: str = "backups"
     # storage
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -216,6 +222,14 @@ def _bool(key: str, value: Any) -> bool:
     raise ConfigError(f"{key} = {value!r} is not valid", hint="use true or false")
 
 
+def _policy(key: str, value: Any) -> str:
+    from cloudbm.retention import parse_policy
+
+    text = _string(key, value)
+    parse_policy(text)
+    return text
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} = {value!r} is not valid", hint="use a non-empty string")
@@ -247,6 +261,10 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "immediate_checkpoint": _bool,
     "bandwidth_limit": _positive_int,
     "wal_wait_timeout": _positive_float,
+    "retention_policy": _policy,
+    "append_only": _bool,
+    "minimum_redundancy": _non_negative_int,
+    "wal_retention": _choice(("backups", "all")),
     "s3_addressing_style": _choice(S3_ADDRESSING),
     "s3_checksum_mode": _choice(S3_CHECKSUM_MODES),
 }

@@ -409,7 +409,9 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
             label_info.backup_from,
         )
         if options.keep:
-            run.put_json("keep.json", {"target": options.keep, "since": iso(utc_now())})
+            from cloudbm.commands.retention_cmd import write_keep_mark
+
+            write_keep_mark(repo, run.backup_id, options.keep)
         run_hook(
             settings.post_backup_script,
             "post",

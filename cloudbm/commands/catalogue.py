@@ -19,31 +19,22 @@ from cloudbm.errors import ObjectNotFoundError
 from cloudbm.repository import Repository
 
 FETCH_THREADS = 16
-SMALL_OBJECTS = ("started.json", "failed.json", "waiting.json", "keep.json")
-
-
-def _read_json(repo: Repository, key: str) -> dict[str, Any] | None:
-    try:
-        with repo.storage.get(key) as reader:
-            data = json.loads(reader.read())
-    except ObjectNotFoundError:
-        return None
-    except ValueError:
-        return {"error": f"{key} is not valid JSON"}
-    return data if isinstance(data, dict) else None
+SMALL_OBJECTS = ("started.json", "failed.json", "waiting.json")
 
 
 def load_catalogue(repo: Repository) -> list[BackupEntry]:
     """Every backup in the repository with its status, ordered by start time."""
     keys: set[str] = set()
     ids: set[str] = set()
+    newest_keep: dict[str, str] = {}  # keep events are written once; the newest is in force
     for info in repo.storage.list(BACKUPS_PREFIX):
         rest = info.key[len(BACKUPS_PREFIX) :]
         backup_id, _, leaf = rest.partition("/")
         if backup_id and leaf and "/" not in leaf:
             keys.add(info.key)  # only top-level objects matter here, not the data parts
-            ids.add(backup_id)
-        elif backup_id:
+        elif leaf.startswith("keep/") and info.key > newest_keep.get(backup_id, ""):
+            newest_keep[backup_id] = info.key
+        if backup_id:
             ids.add(backup_id)
     wanted = [
         backup_prefix(i) + name
@@ -51,6 +42,7 @@ def load_catalogue(repo: Repository) -> list[BackupEntry]:
         for name in ("manifest.json", *SMALL_OBJECTS)
         if backup_prefix(i) + name in keys
     ]
+    wanted += sorted(newest_keep.values())
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
         docs = dict(zip(wanted, pool.map(lambda k: _raw(repo, k), wanted), strict=True))
     host = socket.gethostname()
@@ -65,7 +57,10 @@ def load_catalogue(repo: Repository) -> list[BackupEntry]:
         )
         small = {name: _as_dict(docs.get(prefix + name)) for name in SMALL_OBJECTS}
         status = entry_status(backup_id, keys, small["started.json"], host, pid_alive)
-        keep = small["keep.json"]
+        keep_doc = _as_dict(docs.get(newest_keep.get(backup_id, "")))
+        keep = None
+        if keep_doc and keep_doc.get("target") in ("full", "standalone"):
+            keep = str(keep_doc["target"])
         entries.append(
             BackupEntry(
                 backup_id=backup_id,
@@ -74,7 +69,7 @@ def load_catalogue(repo: Repository) -> list[BackupEntry]:
                 started=small["started.json"],
                 failed=small["failed.json"],
                 waiting=small["waiting.json"],
-                keep=str(keep.get("target")) if keep else None,
+                keep=keep,
             )
         )
     return sorted(entries, key=BackupEntry.sort_key)
@@ -109,4 +104,3 @@ def wal_sizes_by_segment(repo: Repository) -> list[tuple[str, int]]:
     return out
 
 
-__all__ = ["_read_json", "load_catalogue", "wal_sizes_by_segment"]

@@ -8,14 +8,19 @@ from pathlib import Path
 from cloudbm.commands.wal_spool import spool_root
 from cloudbm.config import Settings
 from cloudbm.repository import Repository
-from cloudbm.storage.retry import RetryingStorage
+from cloudbm.storage.base import Storage
+from cloudbm.storage.retry import AppendOnlyStorage, RetryingStorage
 from cloudbm.storage.url import open_storage
 
 
 def open_repository(settings: Settings) -> Repository:
     """The server's repository over a retrying storage backend."""
     options = settings.storage_options()
-    storage = RetryingStorage.from_options(open_storage(settings.repository, options), options)
+    storage: Storage = RetryingStorage.from_options(
+        open_storage(settings.repository, options), options
+    )
+    if settings.append_only:
+        storage = AppendOnlyStorage(storage)
     return Repository(storage, settings)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO, TypeVar
 
-from cloudbm.errors import StorageError, TransientStorageError
+from cloudbm.errors import StorageError, StoragePermissionError, TransientStorageError
 from cloudbm.storage.base import ClosingReader, ObjectInfo, ObjectReader, Storage, StorageOptions
 
 T = TypeVar("T")
@@ -192,4 +192,42 @@ class RetryingStorage:
         self.inner.close()
 
 
-__all__ = ["RetryPolicy", "RetryingStorage", "TransientStorageError"]
+class AppendOnlyStorage:
+    """Wrapper for hosts whose credentials must not delete: every delete is refused up front
+    with the error a provider returns for a missing permission."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
+        size_hint: int | None = None,
+    ) -> None:
+        self.inner.put(key, data, metadata=metadata, if_absent=if_absent, size_hint=size_hint)
+
+    def get(self, key: str, *, start: int = 0, end: int | None = None) -> ObjectReader:
+        return self.inner.get(key, start=start, end=end)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self.inner.head(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            raise StoragePermissionError(
+                f"delete {self.url}/{key}: this host is configured append_only"
+            )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+__all__ = ["AppendOnlyStorage", "RetryPolicy", "RetryingStorage", "TransientStorageError"]

@@ -1,0 +1,193 @@
+"""`cloudbm retention [--dry-run]`, `cloudbm delete ID`, `cloudbm keep ID` / `keep --release`.
+
+Planning is the pure function in cloudbm/retention.py; this module reads the repository, prints
+the plan and applies it in the order that keeps the catalogue honest after a crash: a backup's
+manifest first (it then stops being DONE), then the rest of its prefix, then WAL no kept backup
+needs. Keep marks are events written once (`backups/<ID>/keep/<time>.json`, the newest wins),
+never rewritten, so repositories on Object Lock / versioned buckets work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cloudbm.catalog import (
+    DONE,
+    BackupEntry,
+    backup_prefix,
+    iso,
+    manifest_key,
+    resolve,
+    utc_now,
+)
+from cloudbm.commands.catalogue import load_catalogue
+from cloudbm.commands.context import open_repository
+from cloudbm.commands.wal_layout import WAL_PREFIX, wal_key
+from cloudbm.config import Settings
+from cloudbm.errors import CheckFailed, ConfigError, NotFoundError, StoragePermissionError
+from cloudbm.logs import log
+from cloudbm.pg import timeline, walnames
+from cloudbm.repository import Repository
+from cloudbm.retention import Plan, parse_policy, plan
+
+KEEP_TARGETS = ("full", "standalone")
+
+
+@dataclass
+class Applied:
+    plan: Plan
+    backups_removed: list[str]
+    wal_removed: int
+    dry_run: bool
+
+
+def _histories(repo: Repository, names: list[str]) -> dict[int, list[timeline.Switch]]:
+    out: dict[int, list[timeline.Switch]] = {}
+    for name in names:
+        if name.endswith(".history") and walnames.is_wal_name(name):
+            raw, _ = repo.get_bytes(wal_key(walnames.parse(name)))
+            out[walnames.parse(name).timeline] = timeline.parse_history(raw.decode())
+    return out
+
+
+def _wal_names(repo: Repository) -> list[str]:
+    return [info.key.rsplit("/", 1)[-1] for info in repo.storage.list(WAL_PREFIX)]
+
+
+def _remove_backup(repo: Repository, backup_id: str) -> None:
+    """Manifest first (the backup stops being DONE), then everything else under its prefix."""
+    repo.storage.delete_many([manifest_key(backup_id)])
+    repo.storage.delete_many(info.key for info in repo.storage.list(backup_prefix(backup_id)))
+
+
+def _remove_wal(repo: Repository, names: tuple[str, ...]) -> int:
+    keys: Iterator[str] = (wal_key(walnames.parse(n)) for n in names if walnames.is_wal_name(n))
+    repo.storage.delete_many(keys)
+    return len(names)
+
+
+def _deletes_refused(exc: StoragePermissionError) -> CheckFailed:
+    return CheckFailed(
+        f"the repository refused a delete: {exc.message}",
+        hint="these credentials may be append-only (as archiving hosts' should be); run "
+        "retention and delete with credentials allowed to delete (docs/operations.md)",
+    )
+
+
+def _plan(
+    settings: Settings,
+    repo: Repository,
+    entries: list[BackupEntry],
+    policy_text: str,
+    now: Any = None,
+) -> Plan:
+    desc = repo.read_descriptor()
+    names = _wal_names(repo)
+    return plan(
+        entries,
+        names,
+        _histories(repo, names),
+        parse_policy(policy_text),
+        settings.minimum_redundancy,
+        now or utc_now(),
+        desc.wal_segment_size,
+        wal_retention=settings.wal_retention,
+        system_identifier=str(desc.system_identifier),
+    )
+
+
+def retention(settings: Settings, *, dry_run: bool) -> Applied:
+    """Plan with the configured policy; unless dry_run, apply the plan."""
+    if not settings.retention_policy:
+        raise ConfigError(
+            f"no retention_policy configured for server {settings.server!r}",
+            hint='e.g. retention_policy = "RECOVERY WINDOW OF 14 DAYS" or "REDUNDANCY 3"',
+        )
+    repo = open_repository(settings)
+    try:
+        the_plan = _plan(settings, repo, load_catalogue(repo), settings.retention_policy)
+        removed: list[str] = []
+        wal_removed = 0
+        if not dry_run:
+            try:
+                for decision in the_plan.remove:
+                    _remove_backup(repo, decision.backup_id)
+                    removed.append(decision.backup_id)
+                    log.info("%s", decision.line())
+                wal_removed = _remove_wal(repo, the_plan.wal_remove)
+            except StoragePermissionError as exc:
+                raise _deletes_refused(exc) from None
+        return Applied(the_plan, removed, wal_removed, dry_run)
+    finally:
+        repo.storage.close()
+
+
+def delete(settings: Settings, wanted: str, *, force: bool) -> Applied:
+    """Remove one backup and the WAL no remaining backup needs."""
+    repo = open_repository(settings)
+    try:
+        entries = load_catalogue(repo)
+        entry = resolve(entries, wanted)
+        done = [e for e in entries if e.status == DONE]
+        if entry.status == DONE and not force:
+            remaining = len(done) - 1
+            if remaining == 0:
+                raise CheckFailed(
+                    f"backup {entry.backup_id} is the last DONE backup",
+                    hint="pass --force to delete it anyway (the cluster would be unrecoverable "
+                    "from this repository)",
+                )
+            if remaining < settings.minimum_redundancy:
+                raise CheckFailed(
+                    f"deleting backup {entry.backup_id} would leave {remaining} DONE backup(s), "
+                    f"below minimum_redundancy {settings.minimum_redundancy}",
+                    hint="pass --force to delete it anyway",
+                )
+        if entry.keep and not force:
+            raise CheckFailed(
+                f"backup {entry.backup_id} is kept ({entry.keep})",
+                hint=f"release it first: cloudbm keep --release {entry.backup_id}",
+            )
+        others = [e for e in entries if e.backup_id != entry.backup_id]
+        # Keep every other backup: what remains removable is the WAL only this one needed.
+        the_plan = _plan(settings, repo, others, f"REDUNDANCY {max(1, len(others) + 1)}")
+        try:
+            _remove_backup(repo, entry.backup_id)
+            wal_removed = _remove_wal(repo, the_plan.wal_remove) if others else 0
+        except StoragePermissionError as exc:
+            raise _deletes_refused(exc) from None
+        return Applied(the_plan, [entry.backup_id], wal_removed, dry_run=False)
+    finally:
+        repo.storage.close()
+
+
+def keep(settings: Settings, wanted: str, *, target: str | None, release: bool) -> str:
+    """Mark a DONE backup as kept (full or standalone), or release it. Returns its id."""
+    if release == (target is not None):
+        raise ConfigError("keep needs --target full|standalone, or --release")
+    repo = open_repository(settings)
+    try:
+        entry = resolve(load_catalogue(repo), wanted)
+        if entry.status != DONE:
+            raise CheckFailed(
+                f"backup {entry.backup_id} is {entry.status}; only DONE backups can be kept"
+            )
+        if release and not entry.keep:
+            raise NotFoundError(f"backup {entry.backup_id} is not kept")
+        write_keep_mark(repo, entry.backup_id, "released" if release else str(target))
+        return entry.backup_id
+    finally:
+        repo.storage.close()
+
+
+def write_keep_mark(repo: Repository, backup_id: str, target: str) -> None:
+    """A new keep event (written once; the newest by name is in force)."""
+    now = utc_now()
+    key = f"{backup_prefix(backup_id)}keep/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+    doc = {"target": target, "since": iso(now)}
+    repo.storage.put(key, (json.dumps(doc) + "\n").encode(), if_absent=True)
+
+
