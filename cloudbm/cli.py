@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
+    p = sub.add_parser("check", help="health checks: OK/FAILED per line, exit 3 on failure")
+    p.add_argument("--nagios", action="store_true", help="Nagios plugin output and statuses")
+    p.add_argument("target", nargs="?", metavar="SERVER", help="a server name or 'all'")
+
+    sub.add_parser(
+        "diagnose",
+        help="versions, configuration (secrets masked), server status as JSON, for bug reports",
+    )
+
+    p = sub.add_parser("metrics", help="Prometheus text-format metrics")
+    p.add_argument("target", nargs="?", metavar="SERVER", help="a server name or 'all'")
+
     p = sub.add_parser("retention", help="apply the retention policy (backups, then WAL)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
     p.add_argument("target", nargs="?", metavar="SERVER", help="a server name or 'all'")
@@ -281,6 +293,8 @@ def _each_server(args: Args, target: str | None) -> list[Any]:
     from cloudbm.config import find_config_path, read_config_file, server_names, settings_for
 
     cfg = read_config_file(find_config_path(args.config, os.environ))
+    if not cfg.servers:
+        return [_settings(args)]  # no file, or no sections: the one server flags describe
     overrides = {k: getattr(args, k, None) for k in FLAG_KEYS}
     return [settings_for(cfg, name, overrides, os.environ) for name in server_names(cfg)]
 
@@ -361,6 +375,37 @@ def run(args: Args) -> int:
         return 0
     if command == "recover":
         return _recover(args)
+    if command == "check":
+        from cloudbm.commands.check import as_json, nagios, run_checks
+
+        results = {s.server: run_checks(s) for s in _each_server(args, args.target)}
+        failed = any(not r.ok for rs in results.values() for r in rs)
+        if args.nagios:
+            text, status = nagios(results)
+            print(text)
+            return status
+        lines = [r.line(server) for server, rs in results.items() for r in rs]
+        _emit(args, "\n".join(lines), {"ok": not failed, "servers": as_json(results)})
+        return 3 if failed else 0
+    if command == "diagnose":
+        import json
+
+        from cloudbm.commands.check import diagnose
+
+        print(
+            json.dumps(
+                diagnose(_each_server(args, "all" if not args.server else None)),
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
+        return 0
+    if command == "metrics":
+        from cloudbm.commands.check import metrics
+
+        sys.stdout.write(metrics(_each_server(args, args.target)))
+        return 0
     if command == "retention":
         from cloudbm.commands.retention_cmd import retention
 

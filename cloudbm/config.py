@@ -68,6 +68,7 @@ class Settings:
     post_backup_script: str | None = None
     # retention (docs/retention.md)
     retention_policy: str | None = None
+    last_backup_maximum_age: str | None = None  # e.g. "2 DAYS": check fails beyond it
     # This host's credentials cannot delete (archiving hosts should not): refuse deletes early.
     append_only: bool = False
     minimum_redundancy: int = 0
@@ -230,6 +231,14 @@ def _policy(key: str, value: Any) -> str:
     return text
 
 
+def _age(key: str, value: Any) -> str:
+    from cloudbm.commands.check import parse_age
+
+    text = _string(key, value)
+    parse_age(text)
+    return text
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} = {value!r} is not valid", hint="use a non-empty string")
@@ -262,6 +271,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "bandwidth_limit": _positive_int,
     "wal_wait_timeout": _positive_float,
     "retention_policy": _policy,
+    "last_backup_maximum_age": _age,
     "append_only": _bool,
     "minimum_redundancy": _non_negative_int,
     "wal_retention": _choice(("backups", "all")),
