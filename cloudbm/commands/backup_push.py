@@ -61,6 +61,16 @@ CONTROL_FILE = "global/pg_control"
 WAL_POLL_SECONDS = 1.0
 
 
+MIN_BALANCED_PART = 64 * 1024 * 1024
+
+
+def balanced_part_size(configured: int, total: int, jobs: int) -> int:
+    """Parts of at most `configured` bytes, but small enough that `jobs` uploads stay busy to
+    the end: a 1.5 GB database in two 1 GiB-ish parts would leave one core idle for a third of
+    the run. At least four parts per job, never below 64 MiB (or the configured size)."""
+    return max(min(configured, MIN_BALANCED_PART), min(configured, total // (4 * max(1, jobs))))
+
+
 class BackupRunningError(CheckFailed):
     """Another backup-push of the same server runs on this host."""
 
@@ -211,7 +221,8 @@ class BackupRun:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cloudbm-part") as pool:
             pending: set[Future[PartInfo]] = set()
             futures: dict[Future[PartInfo], int] = {}
-            planned = plan_parts(entries, target_size=self.settings.backup_part_size)
+            planned = plan_parts(entries, target_size=balanced_part_size(
+                self.settings.backup_part_size, total, jobs))
             for number, files in enumerate(planned, start=1):
                 size += sum(f.size for f in files if f.kind == "file")
                 if any(f.path == CONTROL_FILE for f in files):
