@@ -424,6 +424,14 @@ class _ReaderBase(io.BufferedIOBase):
         super().close()
 
 
+class _NoHash:
+    def update(self, data: bytes) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        raise RuntimeError("this EncodingReader was told not to hash its plaintext")
+
+
 class EncodingReader(_ReaderBase):
     """Reads plaintext from `source` and serves the encoded object, produced on demand.
 
@@ -438,6 +446,7 @@ class EncodingReader(_ReaderBase):
         name: str,
         params: EncodeParams,
         close_source: bool = True,
+        hash_plaintext: bool = True,
     ) -> None:
         super().__init__()
         self._source = source
@@ -445,7 +454,8 @@ class EncodingReader(_ReaderBase):
         self._params = params
         header, self._stream = _build_header(params, name)
         self._comp = compressor(params.compression, params.level)
-        self._sha = hashlib.sha256()
+        # Callers that hash the content themselves (backup parts hash each file) skip this.
+        self._sha: hashlib._Hash | _NoHash = hashlib.sha256() if hash_plaintext else _NoHash()
         self._out = _OutBuffer()
         self._out.append(header)
         self._pending = bytearray()  # compressed bytes waiting to fill a chunk

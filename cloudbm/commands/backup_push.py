@@ -113,7 +113,8 @@ class _ProgressReader:
         self._progress = progress
 
     def read(self, n: int = -1) -> bytes:
-        data = self._inner.read(n)
+        # read1: up to n bytes without joining chunks (read(n) copies to return exactly n).
+        data = self._inner.read1(n)
         self._progress.add(len(data))
         return data
 
@@ -166,7 +167,9 @@ class BackupRun:
         while True:
             attempt += 1
             tar = TarPartReader(files)
-            encoded = EncodingReader(_ProgressReader(tar, progress), name=key, params=params)
+            encoded = EncodingReader(
+                _ProgressReader(tar, progress), name=key, params=params, hash_plaintext=False
+            )
             stored = _HashingReader(encoded, self.limiter)
             try:
                 self.repo.storage.put(
