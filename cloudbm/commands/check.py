@@ -26,7 +26,7 @@ from cloudbm.errors import CloudbmError, NotFoundError
 from cloudbm.pg import walnames
 from cloudbm.repository import Repository
 
-PROBE_KEY = "check/probe"
+PROBE_PREFIX = "check/probe-"
 
 
 @dataclass
@@ -90,14 +90,19 @@ def _repository_checks(settings: Settings, repo: Repository) -> list[CheckResult
     out.append(_run("repository reachable and initialised", reachable))
 
     def writable() -> str:
+        # A new name each time, written once: works with write-once buckets and with
+        # credentials that may create but not overwrite or delete.
+        import socket
+
+        key = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
         payload = f"{__version__} {time.time()}".encode()
-        repo.storage.put(PROBE_KEY, payload)
-        with repo.storage.get(PROBE_KEY) as reader:
+        repo.storage.put(key, payload, if_absent=True)
+        with repo.storage.get(key) as reader:
             if reader.read() != payload:
                 raise NotFoundError("the probe object read back differently")
         if not settings.append_only:
-            repo.storage.delete_many([PROBE_KEY])
-        return f"wrote and read back {PROBE_KEY}"
+            repo.storage.delete_many([key])
+        return f"wrote and read back {key}"
 
     out.append(_run("repository writable", writable))
     try:

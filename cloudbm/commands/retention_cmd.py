@@ -45,11 +45,22 @@ class Applied:
 
 
 def _histories(repo: Repository, names: list[str]) -> dict[int, list[timeline.Switch]]:
+    """Switch points of every timeline: from the history objects' plain metadata (written by
+    wal-push, so a public-key-only host can plan), else by decoding them."""
     out: dict[int, list[timeline.Switch]] = {}
     for name in names:
-        if name.endswith(".history") and walnames.is_wal_name(name):
-            raw, _ = repo.get_bytes(wal_key(walnames.parse(name)))
-            out[walnames.parse(name).timeline] = timeline.parse_history(raw.decode())
+        if not (name.endswith(".history") and walnames.is_wal_name(name)):
+            continue
+        key = wal_key(walnames.parse(name))
+        plain = repo.storage.head(key).metadata.get("cloudbm-switches")
+        if plain is not None:
+            out[walnames.parse(name).timeline] = [
+                timeline.Switch(int(parent), walnames.parse_lsn(lsn))
+                for parent, _, lsn in (item.partition(":") for item in plain.split(",") if item)
+            ]
+            continue
+        raw, _ = repo.get_bytes(key)
+        out[walnames.parse(name).timeline] = timeline.parse_history(raw.decode())
     return out
 
 
@@ -189,5 +200,3 @@ def write_keep_mark(repo: Repository, backup_id: str, target: str) -> None:
     key = f"{backup_prefix(backup_id)}keep/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
     doc = {"target": target, "since": iso(now)}
     repo.storage.put(key, (json.dumps(doc) + "\n").encode(), if_absent=True)
-
-

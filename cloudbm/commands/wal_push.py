@@ -106,6 +106,8 @@ class WalPusher:
         meta = {"cloudbm-kind": name.kind}
         if header is not None:
             meta["cloudbm-wal-segment-size"] = str(header.segment_size)
+        if name.kind == walnames.WalKind.HISTORY:
+            meta["cloudbm-switches"] = history_switches(data)
         self.descriptor()
         try:
             stored = self.repo.put_bytes(
@@ -126,6 +128,18 @@ class WalPusher:
                 hint="two clusters may be writing to one repository; check the archive",
             ) from None
         return PushResult(name.name, len(data), stored)
+
+
+def history_switches(data: bytes) -> str:
+    """A history file's switch points as plain metadata ("parent:lsn,..."), so retention can
+    follow timelines on a host that holds only the public key."""
+    from cloudbm.pg import timeline
+
+    try:
+        switches = timeline.parse_history(data.decode())
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return ",".join(f"{sw.parent}:{walnames.format_lsn(sw.lsn)}" for sw in switches)
 
 
 def hook_env(settings: Settings, name: str, path: Path, size: int) -> dict[str, str]:
