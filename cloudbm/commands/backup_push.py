@@ -224,8 +224,9 @@ class BackupRun:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cloudbm-part") as pool:
             pending: set[Future[PartInfo]] = set()
             futures: dict[Future[PartInfo], int] = {}
-            planned = plan_parts(entries, target_size=balanced_part_size(
-                self.settings.backup_part_size, total, jobs))
+            planned = plan_parts(
+                entries, target_size=balanced_part_size(self.settings.backup_part_size, total, jobs)
+            )
             for number, files in enumerate(planned, start=1):
                 size += sum(f.size for f in files if f.kind == "file")
                 if any(f.path == CONTROL_FILE for f in files):

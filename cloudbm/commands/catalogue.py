@@ -102,5 +102,3 @@ def wal_sizes_by_segment(repo: Repository) -> list[tuple[str, int]]:
             out.append((name, info.size))
     out.sort()
     return out
-
-

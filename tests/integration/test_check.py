@@ -77,7 +77,7 @@ def test_wrong_archive_command_fails_its_line(healthy: Site) -> None:
 
 
 def test_missing_repository_fails_cleanly(healthy: Site) -> None:
-    config = _variant(healthy, "gone", "", ("/repo\"", "/no-such-repo\""))
+    config = _variant(healthy, "gone", "", ('/repo"', '/no-such-repo"'))
     res = healthy.cloudbm("--config", config, "--json", "check")
     assert res.returncode == 3, res.stderr
     report = json.loads(res.stdout)
