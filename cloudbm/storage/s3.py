@@ -369,12 +369,22 @@ class S3Storage:
             size_hint = len(body)
         else:
             stream = data
+            # A stream is buffered one part at a time, never up to the whole threshold: two
+            # backup parts in flight must not hold 2 x 64 MiB of compressed data each.
+            threshold = min(threshold, self._part_size(size_hint))
         # One byte past the threshold tells whether the stream ends within it.
         head = _read_exact(stream.read, threshold + 1)
         if len(head) <= threshold:
             self._put_single(key, head, meta, if_absent)
             return
         self._put_multipart(key, head, stream, meta, if_absent, size_hint)
+
+    def _part_size(self, size_hint: int | None) -> int:
+        return part_size_for(
+            size_hint or self.options.max_object_size,
+            max_parts=self._max_parts,
+            min_part=S3_MIN_PART,
+        )
 
     def _put_single(self, key: str, body: bytes, meta: dict[str, str], if_absent: bool) -> None:
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
@@ -422,11 +432,7 @@ class S3Storage:
                 raise ObjectExistsError(
                     f"S3 put {where}: object already exists, refusing to overwrite"
                 )
-        part_size = part_size_for(
-            size_hint or self.options.max_object_size,
-            max_parts=self._max_parts,
-            min_part=S3_MIN_PART,
-        )
+        part_size = self._part_size(size_hint)
         crc = self._checksum_mode == "when_supported"
         create_extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if crc else {}
         try:

@@ -538,6 +538,29 @@ def test_moto_multipart_stream(moto_endpoint: str, mode: str) -> None:
     st.close()
 
 
+def test_a_stream_is_buffered_one_part_at_a_time_not_up_to_the_threshold(
+    moto_endpoint: str,
+) -> None:
+    """Memory stays bounded by the part size: a 40 MiB stream (under the 64 MiB threshold)
+    starts uploading parts after one part is read instead of being gathered whole first."""
+    bucket = f"cloudbm-mp-{next(_counter)}"
+    st = _moto_storage(moto_endpoint, bucket, "pg/main", max_concurrency=2)
+    st._client.create_bucket(Bucket=bucket)
+    body = os.urandom(40 * MiB)
+    source = TrickleStream(body)
+    read_at_first_part: list[int] = []
+    st._client.meta.events.register(
+        "before-call.s3.UploadPart",
+        lambda **_: read_at_first_part.append(source._pos) if not read_at_first_part else None,
+    )
+    st.put("backups/x/data/part-00001", cast(BinaryIO, source))
+    # the first part, plus at most one more being read while it goes out
+    assert read_at_first_part and read_at_first_part[0] <= 2 * 8 * MiB + 1
+    with st.get("backups/x/data/part-00001") as r:
+        assert hashlib.sha256(r.read()).digest() == hashlib.sha256(body).digest()
+    st.close()
+
+
 def test_moto_multipart_failure_leaves_nothing(moto: S3Storage) -> None:
     st = _moto_storage(
         moto.options.s3_endpoint_url or "", moto.bucket, "pg/main", multipart_threshold=5 * MiB
