@@ -113,15 +113,18 @@ class _Lz4Compressor:
         return head + out
 
 
-def compressor(name: str, level: int | None = None) -> Compressor:
-    """A streaming compressor for `name` (one of ALGORITHMS) at `level` (None: the default)."""
+def compressor(name: str, level: int | None = None, *, threads: int = 0) -> Compressor:
+    """A streaming compressor for `name` (one of ALGORITHMS) at `level` (None: the default).
+
+    `threads` > 0 gives zstd that many worker threads: one large relation file (PostgreSQL
+    writes 1 GiB segment files) is a single tar member, so without them the part holding it
+    compresses on one core while the others wait."""
     lvl = check_level(name, level)
     if name == "zstd":
         import zstandard
 
-        # A content checksum makes unencrypted objects self-verifying; threads=0 keeps the
-        # work on the calling thread (wal-push compresses one segment, parallelism lives above).
-        cctx = zstandard.ZstdCompressor(level=lvl, write_checksum=True, threads=0)
+        # A content checksum makes unencrypted objects self-verifying.
+        cctx = zstandard.ZstdCompressor(level=lvl, write_checksum=True, threads=threads)
         zobj: Compressor = cctx.compressobj()
         return zobj
     if name == "lz4":

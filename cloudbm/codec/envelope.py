@@ -71,9 +71,14 @@ class EncodeParams:
     level: int | None = None
     key: KeyWrapper | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # zstd worker threads for streamed objects (0: the calling thread). Not part of the
+    # format: a multi-threaded encoder writes an ordinary frame.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         check_level(self.compression, self.level)
+        if self.threads < 0:
+            raise ConfigError("compression threads cannot be negative")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ConfigError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes")
 
@@ -453,7 +458,7 @@ class EncodingReader(_ReaderBase):
         self._close_source = close_source
         self._params = params
         header, self._stream = _build_header(params, name)
-        self._comp = compressor(params.compression, params.level)
+        self._comp = compressor(params.compression, params.level, threads=params.threads)
         # Callers that hash the content themselves (backup parts hash each file) skip this.
         self._sha: hashlib._Hash | _NoHash = hashlib.sha256() if hash_plaintext else _NoHash()
         self._out = _OutBuffer()

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from cloudbm.tarstream import TarPartReader, plan_parts
 
 CONTROL_FILE = "global/pg_control"
 WAL_POLL_SECONDS = 1.0
+WAL_POLL_FIRST = 0.05  # the stop segment usually arrives within a wal-push or two
 
 
 MIN_BALANCED_PART = 64 * 1024 * 1024
@@ -163,6 +164,9 @@ class BackupRun:
         key = part_key(self.backup_id, number)
         planned = sum(f.size for f in files) + 1024 * (len(files) + 2)
         params = self.repo.encode_params()
+        jobs = max(1, self.settings.jobs)
+        if jobs > 1:
+            params = replace(params, threads=jobs)
         attempt = 0
         while True:
             attempt += 1
@@ -267,6 +271,7 @@ class BackupRun:
             needed = [walnames.from_number(tli, n, segment_size) for n in range(start, end + 1)]
         deadline = time.monotonic() + timeout
         missing = list(needed)
+        pause = WAL_POLL_FIRST
         while True:
             missing = [n for n in missing if not self._archived(n)]
             if not missing:
@@ -278,7 +283,8 @@ class BackupRun:
                     hint="check archive_command and pg_stat_archiver; on a standby, the "
                     "primary must switch WAL (archive_timeout) or use archive_mode=always",
                 )
-            time.sleep(WAL_POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(WAL_POLL_SECONDS, pause * 2)
 
     def _archived(self, name: str) -> bool:
         try:
@@ -390,7 +396,9 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
         started = True
         session.start_keepalive()
         parts, size = run.copy_files(pgdata, info, spaces)
-        stop = session.stop_backup(info, wait_for_archive=not info.in_recovery)
+        # PostgreSQL's own wait polls once a second and only sees archive_status; polling
+        # the repository for the stop segment is both quicker and the real proof.
+        stop = session.stop_backup(info, wait_for_archive=False)
         stopped = True
         label_info = parse_backup_label(stop.backup_label)
         timeline = label_info.start_timeline

@@ -109,6 +109,23 @@ def test_round_trip(data, comp, mode, chunk, enc_reads, dec_reads, trickle):
 
 
 @pytest.mark.parametrize("mode", sorted(KEYS))
+def test_multithreaded_zstd_writes_an_ordinary_object(mode):
+    """Backups give zstd worker threads so one huge relation file uses every core; what they
+    write must decode like any other object (the threads are not part of the format)."""
+    key, ring = KEYS[mode]
+    # several MiB of mixed data, so libzstd really splits the work into jobs
+    data = b"".join(
+        hashlib.sha256(str(i).encode()).hexdigest().encode() * (1 + i % 7) for i in range(60000)
+    )
+    name = "backups/20240101T000000/data/part-00002"
+    params = E.EncodeParams(compression="zstd", key=key, chunk_size=1 << 20, threads=2)
+    blob = drain(E.EncodingReader(io.BytesIO(data), name=name, params=params), (1 << 20,))
+    assert E.decode_bytes(blob, name=name, keyring=ring) == data
+    with pytest.raises(ConfigError):
+        E.EncodeParams(threads=-1)
+
+
+@pytest.mark.parametrize("mode", sorted(KEYS))
 def test_header_fields(mode):
     key, _ = KEYS[mode]
     blob = encode(b"hello" * 100, comp="lz4", mode=mode, chunk=4096)
