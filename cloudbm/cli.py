@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("wal-prefetch")
     p = sub.add_parser("wal-push-ahead")
     p.add_argument("pg_wal")
+    p.add_argument("--skip", action="append", default=[])
 
     p = sub.add_parser("init", help="bind the repository to this cluster and key")
 
@@ -337,7 +338,7 @@ def run(args: Args) -> int:
 
         from cloudbm.commands.wal_push_ahead import push_ahead
 
-        push_ahead(_settings(args), Path(args.pg_wal))
+        push_ahead(_settings(args), Path(args.pg_wal), frozenset(args.skip))
         return 0
     if command == "backup-push":
         import time

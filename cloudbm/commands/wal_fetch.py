@@ -53,24 +53,31 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
     if not dest.is_absolute():
         dest = Path(os.getcwd()) / dest
     spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
-    prefetching = settings.wal_prefetch > 0 and name.kind == walnames.WalKind.SEGMENT
+    ttl = settings.history_miss_cache_seconds
+    session = recovery_session()
+    history = name.kind == walnames.WalKind.HISTORY
+    if history and ttl > 0:
+        seen = spool.absent_since(name.name, session)
+        if seen is not None and time.time() - seen < ttl:
+            raise NotFoundError(f"{name.name} is not in the archive (cached)")
+    # History probes go through the worker too: it holds the one storage client of the
+    # recovery, so no call but the first pays for importing an SDK and connecting.
+    prefetching = settings.wal_prefetch > 0 and (history or name.kind == walnames.WalKind.SEGMENT)
     if prefetching:
         asked = time.time()
         spool.want(name.name)
         started = _ensure_worker(spool, global_args)
-        if started is None and spool.take(name.name, dest):
-            return "spool"
+        if started is None:
+            if spool.take(name.name, dest):
+                return "spool"
+            spool.want(name.name, missed=True)
         outcome = _wait_for_worker(spool, name.name, dest, asked, started, settings)
         if outcome == "spool":
             return outcome
         if outcome == "absent":
+            if history and ttl > 0:
+                spool.remember_absent(name.name, session)
             raise NotFoundError(f"{name.name} is not in the archive")
-    ttl = settings.history_miss_cache_seconds
-    session = recovery_session()
-    if name.kind == walnames.WalKind.HISTORY and ttl > 0:
-        seen = spool.absent_since(name.name, session)
-        if seen is not None and time.time() - seen < ttl:
-            raise NotFoundError(f"{name.name} is not in the archive (cached)")
     fetch_direct(settings, name, dest, spool, session)
     return "storage"
 
@@ -176,19 +183,19 @@ def prefetch_worker(settings: Settings) -> int:
     try:
         with ThreadPoolExecutor(max_workers=max(2, settings.jobs) + 2) as pool:
             while True:
-                want, asked = spool.wanted()
+                want, asked, missed = spool.wanted()
                 if want is not None and (want, asked) != (last_want, last_asked):
-                    if want == last_want:
+                    if want == last_want or missed:
                         stored.discard(want)  # asked again: it needs a fresh copy
                     last_want, last_asked = want, asked
                     last_activity = time.monotonic()
-                    spool.prune(want)
+                    if walnames.is_segment_name(want):
+                        spool.prune(want)
                     failed.clear()
                 if want is not None:
-                    window = [
-                        want,
-                        *walnames.next_segments(want, settings.wal_prefetch, segment_size),
-                    ]
+                    window = [want]
+                    if walnames.is_segment_name(want):
+                        window += walnames.next_segments(want, settings.wal_prefetch, segment_size)
                     busy = set(inflight.values())
                     for n in window:
                         gone = missing.get(n)

@@ -172,15 +172,22 @@ def read_file(path: Path) -> tuple[bytes, os.stat_result]:
 
 
 def ensure_pusher(
-    settings: Settings, markers: Markers, pg_wal: Path, global_args: list[str]
+    settings: Settings,
+    markers: Markers,
+    pg_wal: Path,
+    global_args: list[str],
+    skip: str | None = None,
 ) -> subprocess.Popen[bytes] | None:
-    """Start the background pusher if files wait unmarked and none runs. Returns the process
-    started (None if one was already running or nothing waits)."""
+    """Start the background pusher if files wait unmarked and none runs; it leaves `skip`
+    (the file this call uploads itself) alone. Returns the process started (None if one was
+    already running or nothing waits)."""
     if settings.wal_push_ahead <= 0 or lock_is_held(markers.lock):
         return None
-    if not ready_files(pg_wal, markers.names(), 1):
+    busy = markers.names() | ({skip} if skip else set())
+    if not ready_files(pg_wal, busy, 1):
         return None
-    return spawn_worker(markers.dir.parent, global_args, ["wal-push-ahead", str(pg_wal)])
+    command = ["wal-push-ahead", str(pg_wal), *(["--skip", skip] if skip else [])]
+    return spawn_worker(markers.dir.parent, global_args, command)
 
 
 def _wait_for_marker(
@@ -220,11 +227,15 @@ def wal_push(settings: Settings, path_arg: str, global_args: list[str]) -> PushR
         ensure_pusher(settings, markers, path.parent, global_args)
         return PushResult(name.name, st.st_size, 0, already_archived=True)
     if st is not None and settings.wal_push_ahead > 0:
-        started = ensure_pusher(settings, markers, path.parent, global_args)
-        if (started is not None or lock_is_held(markers.lock)) and _wait_for_marker(
-            markers, name.name, st, started
-        ):
-            return PushResult(name.name, st.st_size, 0, already_archived=True)
+        ready = path.parent / "archive_status" / f"{name.name}.ready"
+        if lock_is_held(markers.lock) and ready.exists():
+            # A running pusher takes this file up (or has it in flight already).
+            if _wait_for_marker(markers, name.name, st, None):
+                return PushResult(name.name, st.st_size, 0, already_archived=True)
+        else:
+            # No pusher: this call uploads its own file at once rather than wait for a new
+            # process to start, and leaves the other waiting files to the pusher it starts.
+            ensure_pusher(settings, markers, path.parent, global_args, skip=name.name)
     return push_one(settings, path, name)
 
 

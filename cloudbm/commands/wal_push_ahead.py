@@ -26,8 +26,9 @@ IDLE_EXIT_SECONDS = 2.0
 POLL_SECONDS = 0.02
 
 
-def push_ahead(settings: Settings, pg_wal: Path) -> int:
-    """Archive .ready files until none has waited for IDLE_EXIT_SECONDS; returns the count."""
+def push_ahead(settings: Settings, pg_wal: Path, exclude: frozenset[str] = frozenset()) -> int:
+    """Archive .ready files until none has waited for IDLE_EXIT_SECONDS; returns the count.
+    `exclude`: files the call that started this pusher uploads itself."""
     root = spool_root(settings.spool_directory, settings.server, settings.repository)
     markers = Markers(root)
     lock = take_lock(markers.lock)
@@ -37,7 +38,7 @@ def push_ahead(settings: Settings, pg_wal: Path) -> int:
     pusher = WalPusher(settings, repo, pg_wal)
     markers.collect_garbage(pg_wal)
     window = max(1, settings.wal_push_ahead)
-    skip: set[str] = set()
+    skip: set[str] = set(exclude)
     inflight: dict[Future[None], str] = {}
     pushed = 0
     idle_since = time.monotonic()

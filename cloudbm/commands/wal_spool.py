@@ -226,11 +226,15 @@ class Spool:
         return True
 
     def store(self, name: str, data: bytes) -> None:
-        """Complete when visible (temp + rename). Not fsynced: the spool is a cache that every
-        new worker empties first (see clear), so nothing written before a crash is served."""
+        """Complete when visible (temp + rename). The data is fsynced here, in the worker,
+        so that the rename into pg_wal and the fsync recovery's call owes PostgreSQL find
+        nothing left to write: that call is what PostgreSQL waits for. The spool directory
+        itself is not fsynced: it is a cache every new worker empties first (see clear)."""
         tmp = self.ready / f".{name}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.ready / name)
 
     def clear(self) -> None:
@@ -242,18 +246,23 @@ class Spool:
     def has(self, name: str) -> bool:
         return (self.ready / name).exists()
 
-    def want(self, name: str) -> None:
-        """Tell the worker what recovery needs now."""
+    def want(self, name: str, *, missed: bool = False) -> None:
+        """Tell the worker what recovery needs now; `missed`: the spool did not have it, so
+        a copy the worker delivered earlier was taken already and it must fetch it again
+        (PostgreSQL asks for the last restored segment a second time at promotion)."""
         tmp = self.root / ".want.tmp"
-        tmp.write_text(name)
+        tmp.write_text(f"{name}\nmissed\n" if missed else name)
         os.replace(tmp, self.want_file)
 
-    def wanted(self) -> tuple[str | None, float]:
-        """(name, when) recovery asked for last."""
+    def wanted(self) -> tuple[str | None, float, bool]:
+        """(name, when, missed) recovery asked for last."""
         try:
-            return self.want_file.read_text().strip() or None, self.want_file.stat().st_mtime
+            text = self.want_file.read_text()
+            asked = self.want_file.stat().st_mtime
         except FileNotFoundError:
-            return None, 0.0
+            return None, 0.0, False
+        name, _, flag = text.partition("\n")
+        return name.strip() or None, asked, flag.strip() == "missed"
 
     def remember_absent(self, name: str, session: str = "any") -> None:
         (self.absent / f"{name}@{session}").touch()

@@ -88,6 +88,12 @@ def is_wal_name(name: str) -> bool:
     return _parse(name) is not None
 
 
+def is_segment_name(name: str) -> bool:
+    """True if `name` is a plain 24-hex segment name."""
+    parsed = _parse(name)
+    return parsed is not None and parsed.kind == WalKind.SEGMENT
+
+
 def segment_name(timeline: int, log: int, seg: int) -> str:
     return f"{timeline:08X}{log:08X}{seg:08X}"
 

@@ -47,6 +47,15 @@ class Stalled:
         status = self.cluster.pgdata / "pg_wal" / "archive_status"
         (status / f"{name}.ready").rename(status / f"{name}.done")
 
+    def wait_archived(self, names: list[str]) -> None:
+        """Until the background pusher stored `names` (it starts after the call that spawned
+        it may already have returned), then until it is gone."""
+        deadline = time.monotonic() + 60
+        while not set(names) <= {p.name for p in self.repo.glob("wal/*/*")}:
+            assert time.monotonic() < deadline, "the background pusher never archived them"
+            time.sleep(0.05)
+        self.wait_workers()
+
     def wait_workers(self) -> None:
         """Until no background pusher or prefetcher holds its lock."""
         import fcntl
@@ -104,7 +113,7 @@ def test_one_call_archives_the_ready_files_and_later_calls_need_no_storage(
     res = stalled.cloudbm("wal-push", f"pg_wal/{first}")
     assert res.returncode == 0, res.stderr
     stalled.archived_by_postgres(first)
-    stalled.wait_workers()
+    stalled.wait_archived(rest)
     away = stalled.repo.with_name("repo.away")
     stalled.repo.rename(away)  # from now on any storage access fails
     try:
@@ -121,7 +130,7 @@ def test_one_call_archives_the_ready_files_and_later_calls_need_no_storage(
 def test_a_file_changed_after_its_upload_is_not_taken_for_archived(stalled: Stalled) -> None:
     first, second, *_ = stalled.segments
     assert stalled.cloudbm("wal-push", f"pg_wal/{first}").returncode == 0
-    stalled.wait_workers()
+    stalled.wait_archived([second])
     target = stalled.cluster.pgdata / "pg_wal" / second
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF  # same name, different bytes: the marker must not vouch for it
@@ -162,3 +171,28 @@ def test_prefetch_serves_recovery_from_the_spool_and_never_invents_a_miss(
         away.rename(stalled.repo)
     res = stalled.cloudbm("wal-fetch", "0000000100000000000000FF", "pg_wal/RECOVERYXLOG")
     assert res.returncode == 1, res.stderr
+
+
+def test_a_segment_asked_for_again_after_a_miss_is_served_promptly(stalled: Stalled) -> None:
+    """At promotion PostgreSQL asks once more for the last segment it restored, after it has
+    probed past the end of the archive. The prefetch worker delivered that segment already
+    and it was taken: the second request must be fetched again at once, not left to wait
+    for the worker to go idle and exit."""
+    for name in stalled.segments:
+        assert stalled.cloudbm("wal-push", f"pg_wal/{name}").returncode == 0
+        stalled.archived_by_postgres(name)
+    stalled.wait_workers()
+    wal = stalled.cluster.pgdata / "pg_wal"
+    for name in stalled.segments:
+        res = stalled.cloudbm("wal-fetch", name, "pg_wal/RECOVERYXLOG")
+        assert res.returncode == 0, (name, res.stderr)
+    res = stalled.cloudbm("wal-fetch", "0000000100000000000000FF", "pg_wal/RECOVERYXLOG")
+    assert res.returncode == 1, res.stderr
+    last = stalled.segments[-1]
+    started = time.monotonic()
+    res = stalled.cloudbm("wal-fetch", last, "pg_wal/RECOVERYXLOG")
+    took = time.monotonic() - started
+    assert res.returncode == 0, res.stderr
+    assert _sha(wal / "RECOVERYXLOG") == _sha(wal / last)
+    # the worker idles out after 3 s; a fetch that waited for that would take longer
+    assert took < 2.0, f"the repeated request took {took:.2f}s"
