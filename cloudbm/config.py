@@ -73,6 +73,8 @@ class Settings:
     append_only: bool = False
     minimum_redundancy: int = 0
     wal_retention: str = "backups"
+    # A STARTED/WAITING backup younger than this may be running on another host: kept.
+    unfinished_backup_grace_hours: float = 24.0
     # storage
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -275,6 +277,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "append_only": _bool,
     "minimum_redundancy": _non_negative_int,
     "wal_retention": _choice(("backups", "all")),
+    "unfinished_backup_grace_hours": _positive_float,
     "s3_addressing_style": _choice(S3_ADDRESSING),
     "s3_checksum_mode": _choice(S3_CHECKSUM_MODES),
 }

@@ -38,6 +38,9 @@ WAL_RETENTION_BACKUPS = "backups"
 WAL_RETENTION_ALL = "all"
 WAL_RETENTION_CHOICES = (WAL_RETENTION_BACKUPS, WAL_RETENTION_ALL)
 
+# How long a STARTED/WAITING_FOR_WALS backup is presumed to be running (on another host, its
+# process cannot be checked) before retention treats it as abandoned.
+DEFAULT_UNFINISHED_GRACE = timedelta(hours=24)
 DAYS_PER_MONTH = 30  # a fixed month: a window must not change length with the calendar
 
 Action = Literal["keep", "remove"]
@@ -291,6 +294,7 @@ def _decide_backups(
     minimum_redundancy: int,
     window_start: datetime | None,
     current_system: str | None,
+    running_since: datetime,
 ) -> dict[str, tuple[Action, str]]:
     decisions: dict[str, tuple[Action, str]] = {}
     dated = [b for b in infos if b.begin is not None]
@@ -329,14 +333,25 @@ def _decide_backups(
         # Unknown system (an old started.json): compare with the newest DONE of any system.
         ref = reference.get(b.system_identifier) if b.system_identifier else best
         assert b.begin is not None
-        if ref is not None and ref.begin is not None and b.begin < ref.begin:
+        # STARTED/WAITING may be a run on another host (a standby) that is still copying:
+        # only a run older than the grace is presumed dead. INCOMPLETE (its process is known
+        # to be gone) and FAILED are finished.
+        running = b.status in (catalog.STARTED, catalog.WAITING_FOR_WALS)
+        older = ref is not None and ref.begin is not None and b.begin < ref.begin
+        if older and running and b.begin >= running_since:
+            decisions[b.backup_id] = (
+                "keep",
+                f"{b.status}, began {catalog.iso(b.begin)}, less than the unfinished-backup "
+                "grace ago (may still be running)",
+            )
+            continue
+        if older and ref is not None:
             decisions[b.backup_id] = (
                 "remove",
                 f"{b.status} and older than the newest DONE backup {ref.backup_id}",
             )
             continue
         where = "newer than the newest DONE backup" if ref is not None else "no DONE backup yet"
-        running = b.status in (catalog.STARTED, catalog.WAITING_FOR_WALS)
         why = "may still be running" if running else "kept for diagnosis"
         decisions[b.backup_id] = ("keep", f"{b.status}, {where} ({why})")
 
@@ -617,6 +632,7 @@ def plan(
     *,
     wal_retention: str = WAL_RETENTION_BACKUPS,
     system_identifier: str | None = None,
+    unfinished_grace: timedelta = DEFAULT_UNFINISHED_GRACE,
 ) -> Plan:
     """Decide which backups and WAL files `policy` removes.
 
@@ -624,7 +640,8 @@ def plan(
     `wal/0000000100000001/`); the names to remove are returned as given, sorted.
     `histories` maps each timeline with a history file to its parsed entries.
     `system_identifier` is the repository's current system (cloudbm.json), which wins over
-    clocks when backups of several systems are present.
+    clocks when backups of several systems are present. A STARTED or WAITING_FOR_WALS
+    backup that began less than `unfinished_grace` ago is never removed: it may be running.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -644,7 +661,9 @@ def plan(
         except OverflowError:  # a window longer than the calendar: everything is inside
             window_start = datetime.min.replace(tzinfo=now.tzinfo)
 
-    decided = _decide_backups(infos, policy, minimum_redundancy, window_start, system_identifier)
+    decided = _decide_backups(
+        infos, policy, minimum_redundancy, window_start, system_identifier, now - unfinished_grace
+    )
     ordered = sorted(
         infos,
         key=lambda b: (b.begin is None, b.begin or now, b.backup_id),

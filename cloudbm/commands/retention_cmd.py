@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from cloudbm.catalog import (
@@ -107,6 +108,7 @@ def _plan(
         desc.wal_segment_size,
         wal_retention=settings.wal_retention,
         system_identifier=str(desc.system_identifier),
+        unfinished_grace=timedelta(hours=settings.unfinished_backup_grace_hours),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -74,7 +75,7 @@ def run(
     minimum_redundancy: int = 0,
     wal: list[str] | None = None,
     histories: dict[int, list[Switch]] | None = None,
-    **kw: str,
+    **kw: Any,
 ) -> retention.Plan:
     return retention.plan(
         backups,
@@ -284,6 +285,29 @@ def test_failed_backups_never_count_toward_redundancy() -> None:
     assert lines(p)["s2"] == (
         "keeping s2: STARTED, newer than the newest DONE backup (may still be running)"
     )
+
+
+def test_a_recent_unfinished_backup_overtaken_by_a_done_one_is_kept() -> None:
+    """A long backup on a standby (STARTED) can begin before a short one on the primary that
+    is DONE: retention must not delete the objects of a run that may still be copying."""
+    p = run(
+        [
+            backup("old", days_ago(3)),
+            backup("standby", days_ago(0.2), status=STARTED),
+            backup("waiting", days_ago(0.2), status=WAITING_FOR_WALS),
+            backup("gone", days_ago(0.2), status=INCOMPLETE),
+            backup("primary", days_ago(0.1)),
+        ],
+        "REDUNDANCY 1",
+    )
+    assert actions(p) == {
+        "old": "remove",
+        "standby": "keep",
+        "waiting": "keep",
+        "gone": "remove",
+        "primary": "keep",
+    }
+    assert "may still be running" in lines(p)["standby"]
 
 
 def test_without_a_done_backup_nothing_is_removed() -> None:
