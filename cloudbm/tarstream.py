@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from cloudbm.errors import ConfigError, IntegrityError
+from cloudbm.writeback import FLUSH_AFTER, start_writeback
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -625,6 +626,7 @@ class TarExtractor:
         digest = hashlib.sha256()
         try:
             remaining = m.size
+            flushed = unflushed = 0
             while remaining:
                 data = tar.stream.read(min(self.chunk_size, remaining))
                 if not data:
@@ -632,6 +634,12 @@ class TarExtractor:
                 digest.update(data)
                 remaining -= len(data)
                 _write_all(fd, data)
+                if self.fsync:
+                    unflushed += len(data)
+                    if unflushed >= FLUSH_AFTER:
+                        start_writeback(fd, flushed, unflushed)
+                        flushed += unflushed
+                        unflushed = 0
                 if self.on_progress is not None:
                     self.on_progress(len(data))
             sha = digest.hexdigest()
