@@ -77,7 +77,7 @@ DATASETS = {
     "b100": (100, True),
     "a200": (200, False),
 }
-TOOLS = ("cloudbm", "cloudbm-keyfile", "pgbackrest", "barman")
+TOOLS = ("cloudbm", "cloudbm-keyfile", "pgbackrest", "barman", "floor")
 PEERS = ("pgbackrest", "barman")
 
 
@@ -679,11 +679,70 @@ class Barman(Tool):
         return {"backup_bytes": self.usage("bench/base/"), "total_bytes": self.usage("")}
 
 
+class Floor(Tool):
+    """What the machine allows without any backup tool: pg_basebackup into a local directory,
+    `cp -a` plus `sync` to restore, `cp` as archive_command and restore_command. No network,
+    no compression, no encryption: the restore is bounded by the disk, the replay by
+    PostgreSQL's redo. It is the yardstick for the other rows, not a peer."""
+
+    key = "floor"
+    label = "floor: pg_basebackup + cp, local disk"
+
+    def version(self) -> str:
+        return tool_version([str(PG_BIN / "pg_basebackup"), "--version"])
+
+    def setup(self) -> None:
+        self.wal = self.dir / "wal"
+        self.base = self.dir / "base"
+        for d in (self.wal,):
+            mkdirs(d, mode=0o750)
+            self.b.user.chown(d)
+        self.archive = write_script(
+            self.dir / "archive-floor.sh",
+            f'f="{self.wal}/${{1##*/}}"\n'
+            '[ -f "$f" ] || { cp "$1" "$f.tmp" && mv "$f.tmp" "$f"; }\n',
+        )
+        c = self.cluster
+        self.backup_script = write_script(
+            self.dir / "backup-floor.sh",
+            f'rm -rf "{self.base}"\n'
+            f"exec {PG_BIN / 'pg_basebackup'} -h {c.sock} -p {c.port} -U postgres "
+            f'-D "{self.base}" -X none -c fast\n',
+        )
+        self.restore_script = write_script(
+            self.dir / "restore-floor.sh",
+            # sync: the other tools' restores are durable when they end, so this one must be
+            'cp -a "$1/." "$2/" && exec sync -f "$2"\n',
+        )
+
+    def archive_cmd(self) -> str:
+        return f"{self.archive} %p"
+
+    def backup_argv(self) -> list[str]:
+        return [str(self.backup_script)]
+
+    def restore_argv(self, dest: Path, mode: str) -> list[str]:
+        return [str(self.restore_script), str(self.base), str(dest)]
+
+    def post_restore(self, dest: Path, mode: str) -> None:
+        lines = f"restore_command = 'cp {self.wal}/%f %p'\n"
+        if mode == "immediate":
+            lines += "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
+        with open(dest / "postgresql.auto.conf", "a") as f:
+            f.write("# bench/backup_bench.py: the floor\n" + lines)
+        (dest / "recovery.signal").touch()
+        self.b.user.chown(dest / "recovery.signal")
+
+    def stored(self) -> dict:
+        return {"backup_bytes": du(self.base), "total_bytes": du(self.base) + du(self.wal)}
+
+
 TOOL_CLASSES = {
     "cloudbm": Cloudbm,
     "cloudbm-keyfile": CloudbmKeyfile,
     "pgbackrest": PgBackRest,
     "barman": Barman,
+    "floor": Floor,
 }
 
 
@@ -1173,7 +1232,11 @@ class Bench:
 
     def replay(self, c: Cluster, objs: dict[str, Tool], ok: set[str]) -> dict:
         o = self.opts
-        rtools = {t: objs[t] for t in ("cloudbm", "pgbackrest", "barman") if t in objs and t in ok}
+        rtools = {
+            t: objs[t]
+            for t in ("cloudbm", "pgbackrest", "barman", "floor")
+            if t in objs and t in ok
+        }
         if not rtools:
             return {}
         # every segment to every tool, in parallel; barman-cloud (~1 s per segment) only the
