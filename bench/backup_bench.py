@@ -447,7 +447,7 @@ class Tool:
 
 class Cloudbm(Tool):
     key = "cloudbm"
-    label = "cloudbm (zstd 3, no encryption)"
+    label = "cloudbm (zstd 1, no encryption)"
     encryption = "none"
 
     def env(self) -> dict:
@@ -520,7 +520,7 @@ class Cloudbm(Tool):
 
 class CloudbmKeyfile(Cloudbm):
     key = "cloudbm-keyfile"
-    label = "cloudbm (zstd 3, keyfile AES-256-GCM)"
+    label = "cloudbm (zstd 1, keyfile AES-256-GCM)"
     encryption = "keyfile"
 
 

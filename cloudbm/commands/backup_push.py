@@ -392,10 +392,19 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
         log.info(
             "backup %s: starting (%s checkpoint)", run.backup_id, "immediate" if fast else "spread"
         )
+        phase = time.monotonic()
         start = session.start_backup(label, fast, info)
         started = True
         session.start_keepalive()
+        log.info("backup %s: checkpoint done in %.1fs", run.backup_id, time.monotonic() - phase)
+        phase = time.monotonic()
         parts, size = run.copy_files(pgdata, info, spaces)
+        log.info(
+            "backup %s: %d part(s) stored in %.1fs",
+            run.backup_id,
+            len(parts),
+            time.monotonic() - phase,
+        )
         # PostgreSQL's own wait polls once a second and only sees archive_status; polling
         # the repository for the stop segment is both quicker and the real proof.
         stop = session.stop_backup(info, wait_for_archive=False)
@@ -415,7 +424,14 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
         )
         if info.in_recovery:
             log.info("backup %s: waiting for %s to reach the archive", run.backup_id, stop_wal)
+        phase = time.monotonic()
         run.wait_for_wal(start_wal, stop_wal, segment_size, settings.wal_wait_timeout)
+        log.info(
+            "backup %s: WAL up to %s archived %.1fs after the stop",
+            run.backup_id,
+            stop_wal,
+            time.monotonic() - phase,
+        )
         manifest = _write_manifest(
             run,
             info,

@@ -401,11 +401,13 @@ class S3Storage:
             raise map_error(exc, "put", self._where(key)) from exc
 
     def _executor(self) -> ThreadPoolExecutor:
-        # Created on first multipart upload so that opening a repository stays cheap.
+        # Created on first multipart upload so that opening a repository stays cheap. Twice
+        # `max_concurrency` threads: several puts (backup parts) share it, and a part upload
+        # mostly waits on the network while the next one is ready.
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
-                    max_workers=max(1, self.options.max_concurrency),
+                    max_workers=2 * max(1, self.options.max_concurrency),
                     thread_name_prefix="cloudbm-s3",
                 )
             return self._pool
@@ -453,7 +455,9 @@ class S3Storage:
             return chunk
 
         concurrency = max(1, self.options.max_concurrency)
-        slots = threading.BoundedSemaphore(concurrency)  # at most `concurrency` parts in memory
+        # At most concurrency + 1 parts of this stream in memory: `concurrency` uploading, one
+        # being read, so the source never waits for the slowest upload to finish.
+        slots = threading.BoundedSemaphore(concurrency + 1)
         futures: list[Future[CompletedPartTypeDef]] = []
         failed = threading.Event()
 
