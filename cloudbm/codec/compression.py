@@ -272,8 +272,10 @@ class _ZstdDecompressor:
 
     zstandard's decompressobj has no max_length and its stream_reader silently accepts a
     truncated frame, so we walk the frame's own structure (a header, then blocks that each
-    announce their size and decode to at most 128 KiB, then an optional checksum) and hand
-    zstd one block at a time. The walk costs one small parse per block, never per byte.
+    announce their size and decode to at most 128 KiB, then an optional checksum). Each call
+    hands zstd as many whole blocks as `max_length` has room for, in one piece, and returns
+    zstd's output as it is: the walk costs one small parse per block, never per byte, and the
+    output is not copied again.
     """
 
     _HEADER, _BLOCK, _CHECKSUM, _DONE = range(4)
@@ -285,10 +287,9 @@ class _ZstdDecompressor:
         self._d = zstandard.ZstdDecompressor().decompressobj()
         self._in = bytearray()  # input not yet handed to zstd
         self._pos = 0  # read offset into self._in
-        self._out = bytearray()  # decoded bytes not yet returned
+        self._spill = b""  # decoded bytes beyond a small max_length, returned next
         self._state = self._HEADER
         self._todo = 0  # bytes of the current frame element still to hand to zstd
-        self._last = False  # the current block is the frame's last one
         self._has_checksum = False
 
     @property
@@ -297,100 +298,118 @@ class _ZstdDecompressor:
 
     @property
     def needs_input(self) -> bool:
-        return not self._out and (self._pos >= len(self._in) or self._waiting())
+        return not self._spill and (self._pos >= len(self._in) or self._waiting(self._pos))
 
-    def _waiting(self) -> bool:
-        """True when the buffered input is too short to take the next step."""
-        avail = len(self._in) - self._pos
+    def _waiting(self, pos: int) -> bool:
+        """True when the buffered input from `pos` is too short to take the next step."""
+        avail = len(self._in) - pos
         if self._todo:
             return False
         if self._state == self._HEADER:
-            return avail < 6 or avail < self._header_size()
+            return avail < 6 or avail < self._header_size(pos)
         if self._state == self._BLOCK:
             return avail < 3
         return avail == 0 or self._state == self._DONE
 
-    def _header_size(self) -> int:
-        fhd = self._in[self._pos + 4]
+    def _header_size(self, pos: int) -> int:
+        fhd = self._in[pos + 4]
         single_segment = (fhd >> 5) & 1
         fcs_size = (1 if single_segment else 0, 2, 4, 8)[fhd >> 6]
         return 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[fhd & 3] + fcs_size
 
-    def _step(self) -> bool:
-        """Advance by at most one frame element; False when more input is needed."""
-        buf, pos = self._in, self._pos
-        avail = len(buf) - pos
-        if self._todo:
-            n = min(self._todo, avail)
-            if n == 0:
-                return False
-            # A released memoryview: self._in must stay resizable.
-            with memoryview(buf) as view, view[pos : pos + n] as piece:
-                try:
-                    self._out += self._d.decompress(piece)
-                except self._zstd.ZstdError as exc:
-                    raise _corrupt("zstd", exc) from exc
-            self._pos += n
-            self._todo -= n
-            return True
-        if self._state == self._DONE:
-            if avail:
-                raise _trailing("zstd")
-            return False
-        if self._state == self._HEADER:
-            if avail < 4:
-                return False
-            if int.from_bytes(buf[pos : pos + 4], "little") != _ZSTD_MAGIC:
-                raise _corrupt("zstd", "bad frame magic")
-            if avail < 6 or avail < self._header_size():
-                return False
-            fhd = buf[pos + 4]
-            if fhd & 0x08:
-                raise _corrupt("zstd", "reserved frame header bit set")
-            self._has_checksum = bool(fhd & 0x04)
-            self._todo = self._header_size()
-            self._state = self._BLOCK
-            return True
-        if self._state == self._BLOCK:
-            if avail < 3:
-                return False
-            head = int.from_bytes(buf[pos : pos + 3], "little")
-            kind, size = (head >> 1) & 3, head >> 3
-            if kind == 3 or size > _ZSTD_BLOCK_MAX:
-                raise _corrupt("zstd", "invalid block header")
-            self._todo = 3 + (1 if kind == 1 else size)  # an RLE block stores one byte
-            if head & 1:
-                self._state = self._CHECKSUM if self._has_checksum else self._DONE
-            return True
-        # _CHECKSUM
-        self._todo = 4
-        self._state = self._DONE
-        return True
+    def _plan(self, blocks: int) -> int:
+        """Walk element headers from self._pos, taking at most `blocks` blocks (each decodes
+        to at most 128 KiB); returns where the input to hand zstd ends. Raises on a corrupt
+        structure; stops early when the input runs out mid-element."""
+        buf = self._in
+        end = self._pos
+        size = len(buf)
+        while True:
+            if self._todo:
+                n = min(self._todo, size - end)
+                end += n
+                self._todo -= n
+                if self._todo:
+                    return end  # the element continues in input not received yet
+                continue
+            avail = size - end
+            if self._state == self._DONE:
+                if avail:
+                    raise _trailing("zstd")
+                return end
+            if self._state == self._HEADER:
+                if avail < 4:
+                    return end
+                if int.from_bytes(buf[end : end + 4], "little") != _ZSTD_MAGIC:
+                    raise _corrupt("zstd", "bad frame magic")
+                if avail < 6 or avail < self._header_size(end):
+                    return end
+                fhd = buf[end + 4]
+                if fhd & 0x08:
+                    raise _corrupt("zstd", "reserved frame header bit set")
+                self._has_checksum = bool(fhd & 0x04)
+                self._todo = self._header_size(end)
+                self._state = self._BLOCK
+                continue
+            if self._state == self._BLOCK:
+                if blocks <= 0 or avail < 3:
+                    return end
+                head = int.from_bytes(buf[end : end + 3], "little")
+                kind, block = (head >> 1) & 3, head >> 3
+                if kind == 3 or block > _ZSTD_BLOCK_MAX:
+                    raise _corrupt("zstd", "invalid block header")
+                self._todo = 3 + (1 if kind == 1 else block)  # an RLE block stores one byte
+                blocks -= 1
+                if head & 1:
+                    self._state = self._CHECKSUM if self._has_checksum else self._DONE
+                continue
+            # _CHECKSUM
+            self._todo = 4
+            self._state = self._DONE
 
     def decompress(self, data: bytes, max_length: int = -1) -> bytes:
         if data:
             if self._pos:
-                del self._in[: self._pos]
+                del self._in[: self._pos]  # O(1): bytearray drops a prefix by moving its start
                 self._pos = 0
             self._in += data
-        while (max_length < 0 or len(self._out) < max_length) and self._step():
-            pass
+        if self._spill:
+            out, self._spill = self._spill, b""
+        else:
+            out = b""
+        if max_length >= 0 and len(out) >= max_length:
+            self._spill = out[max_length:]
+            return out[:max_length]
+        room = -1 if max_length < 0 else max_length - len(out)
+        blocks = (1 << 62) if room < 0 else max(1, room // _ZSTD_BLOCK_MAX)
+        end = self._plan(blocks)
+        if end > self._pos:
+            # A released memoryview: self._in must stay resizable.
+            with memoryview(self._in) as view, view[self._pos : end] as piece:
+                try:
+                    produced: bytes = self._d.decompress(piece)
+                except self._zstd.ZstdError as exc:
+                    raise _corrupt("zstd", exc) from exc
+            self._pos = end
+            out = produced if not out else out + produced
         if self._pos >= len(self._in) and self._state == self._DONE and not self._todo:
             self._in.clear()
             self._pos = 0
-        if max_length < 0 or len(self._out) <= max_length:
-            out = bytes(self._out)
-            self._out.clear()
-            return out
-        out = bytes(self._out[:max_length])
-        del self._out[:max_length]
+        if 0 <= max_length < len(out):
+            self._spill = out[max_length:]
+            return out[:max_length]
         return out
 
     def flush(self) -> bytes:
-        out = self.decompress(b"")
+        parts = []
+        while True:
+            piece = self.decompress(b"")
+            if not piece:
+                break
+            parts.append(piece)
         if not self.eof:
             raise _truncated("zstd")
-        return out
+        return b"".join(parts)
 
 
 def decompressor(name: str) -> Decompressor:

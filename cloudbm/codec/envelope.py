@@ -531,19 +531,23 @@ class DecodingReader(_ReaderBase):
         keyring: Keyring | None,
         expected_sha256: str | None = None,
         close_source: bool = True,
+        hash_plaintext: bool = True,
     ) -> None:
         super().__init__()
         self._source = source
         self._close_source = close_source
         self._name = name
         self._expected = expected_sha256
+        if expected_sha256 is not None and not hash_plaintext:
+            raise ValueError("expected_sha256 needs the plaintext hashed")
         prefix = _read_exactly(source, FIXED_HEADER_SIZE)
         total = _header_length(prefix, name)
         rest = _read_exactly(source, total - FIXED_HEADER_SIZE)
         self.header = read_header(prefix + rest, name=name)
         self._stream = _open_stream(self.header, name, keyring) if self.header.encrypted else None
         self._dec: Decompressor = decompressor(self.header.compression)
-        self._sha = hashlib.sha256()
+        # Callers that verify every file of a tar part themselves (restore) skip this.
+        self._sha: hashlib._Hash | _NoHash = hashlib.sha256() if hash_plaintext else _NoHash()
         self._out = _OutBuffer()
         self._eof = False
         self._body_done = False

@@ -68,7 +68,9 @@ def verify_backup(settings: Settings, wanted: str) -> VerifyReport:
             expected = {r.path: r for r in records if not r.missing}
             try:
                 hashing = HashingStream(repo.storage.get(part.key))
-                stream = DecodingReader(hashing, name=part.key, keyring=repo.keyring())
+                stream = DecodingReader(
+                    hashing, name=part.key, keyring=repo.keyring(), hash_plaintext=False
+                )
                 with tempfile.TemporaryDirectory(prefix="cloudbm-verify-") as scratch:
                     seen = TarExtractor(
                         Path(scratch),
