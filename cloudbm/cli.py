@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="destination path (%%p)")
 
     # Internal workers that wal-push and wal-fetch start (no help: not listed).
-    sub.add_parser("wal-prefetch")
+    p = sub.add_parser("wal-prefetch")
+    p.add_argument("--wait-first", type=float, default=0.0)
     p = sub.add_parser("wal-push-ahead")
     p.add_argument("pg_wal")
     p.add_argument("--skip", action="append", default=[])
@@ -331,7 +332,7 @@ def run(args: Args) -> int:
     if command == "wal-prefetch":
         from cloudbm.commands.wal_fetch import prefetch_worker
 
-        prefetch_worker(_settings(args))
+        prefetch_worker(_settings(args), wait_first=args.wait_first)
         return 0
     if command == "wal-push-ahead":
         from pathlib import Path
@@ -592,7 +593,13 @@ def _recover(args: Args) -> int:
         f"recovery target: {result.target['kind']}"
         + (f" {result.target['value']}" if result.target["value"] else "")
         + f", timeline {result.target['timeline']}\n"
-        f"next: {result.start_command}"
+        + (
+            "WAL prefetch started for PostgreSQL's restore_command (it waits 2 minutes for the "
+            "first request)\n"
+            if result.prefetching
+            else ""
+        )
+        + f"next: {result.start_command}"
     )
     _emit(args, text, asdict(result))
     return 0

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class RecoverResult:
     target: dict[str, Any]
     start_command: str
     restore_command: str
+    prefetching: bool = False  # a prefetch worker waits for PostgreSQL's first requests
 
 
 class HashingStream:
@@ -326,10 +328,17 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
 
     total = sum(r.size for p, r in records.items() if r.kind == "file" and p not in kept)
     progress = Progress(f"recover {manifest.backup_id}", total, enabled=options.progress)
+    phase = time.monotonic()
     written = _extract_parts(
         repo, manifest, records, by_part, kept, dest, path_of, progress, settings.jobs
     )
     progress.finish()
+    log.info(
+        "restored %d files (%s) in %.1fs, each checked against the manifest",
+        written[0],
+        human_bytes(written[1]),
+        time.monotonic() - phase,
+    )
 
     # pg_tblspc/<oid> -> location, and a tablespace_map consistent with it.
     tblspc = dest / "pg_tblspc"
@@ -357,6 +366,7 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
         note,
     )
     _fsync_tree(dest, locations)
+    prefetching = _prefetch_ahead(settings, options, manifest.start_wal, dest)
     kind = target.kind()
     return RecoverResult(
         backup_id=manifest.backup_id,
@@ -375,7 +385,29 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
         },
         start_command=f"pg_ctl -D {dest} start  # with the binaries of {manifest.pg_version}",
         restore_command=restore_command,
+        prefetching=prefetching,
     )
+
+
+PREFETCH_WAIT_FIRST = 120.0  # how long the worker recover starts waits for PostgreSQL
+
+
+def _prefetch_ahead(settings: Settings, options: RecoverOptions, first: str, dest: Path) -> bool:
+    """Start fetching the backup's first WAL segments for the restore_command PostgreSQL will
+    run, so that its first calls are answered by a warm worker. Only when that command is
+    cloudbm's own and will run as this user (PostgreSQL runs as the data directory's owner,
+    never as root); the worker exits after PREFETCH_WAIT_FIRST seconds if nobody asks."""
+    from cloudbm.commands.wal_fetch import start_prefetch_ahead
+    from cloudbm.errors import CloudbmError
+
+    uid = os.geteuid()
+    if options.restore_command or uid == 0 or dest.stat().st_uid != uid:
+        return False
+    try:
+        return start_prefetch_ahead(settings, first, list(options.global_args), PREFETCH_WAIT_FIRST)
+    except (CloudbmError, OSError) as exc:
+        log.warning("could not start fetching WAL ahead of recovery: %s", exc)
+        return False
 
 
 def all_records(
@@ -472,7 +504,11 @@ def _extract_parts(
     def one(part: Any) -> tuple[int, int]:
         reader = repo.storage.get(part.key)
         hashing = HashingStream(reader)
-        stream = DecodingReader(hashing, name=part.key, keyring=repo.keyring())
+        # Every file is checked against the manifest's SHA-256 as it is written, and the
+        # stored bytes against the part's: a third hash over the whole tar would add nothing.
+        stream = DecodingReader(
+            hashing, name=part.key, keyring=repo.keyring(), hash_plaintext=False
+        )
         extractor = TarExtractor(
             dest,
             expected=records,

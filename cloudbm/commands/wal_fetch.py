@@ -144,10 +144,12 @@ def fetch_direct(
         repo.storage.close()
 
 
-def prefetch_worker(settings: Settings) -> int:
+def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     """Keep the spool filled ahead of what recovery asks for; returns segments fetched.
 
-    Exits when recovery has not asked for anything new for WORKER_IDLE_EXIT seconds.
+    Exits when recovery has not asked for anything new for WORKER_IDLE_EXIT seconds, or, for
+    a worker `recover` starts before PostgreSQL runs, `wait_first` seconds until the first
+    request of the recovery itself.
     """
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -171,6 +173,8 @@ def prefetch_worker(settings: Settings) -> int:
     last_want: str | None = None
     last_asked = 0.0
     last_activity = time.monotonic()
+    initial = spool.wanted()[:2]  # what recover asked for on PostgreSQL's behalf, if anything
+    idle_limit = max(WORKER_IDLE_EXIT, wait_first)
 
     def fetch(n: str) -> bool:
         try:
@@ -189,6 +193,8 @@ def prefetch_worker(settings: Settings) -> int:
                         stored.discard(want)  # asked again: it needs a fresh copy
                     last_want, last_asked = want, asked
                     last_activity = time.monotonic()
+                    if (want, asked) != initial:
+                        idle_limit = WORKER_IDLE_EXIT  # recovery itself is asking now
                     if walnames.is_segment_name(want):
                         spool.prune(want)
                     failed.clear()
@@ -205,7 +211,7 @@ def prefetch_worker(settings: Settings) -> int:
                             continue
                         inflight[pool.submit(fetch, n)] = n
                 if not inflight:
-                    if time.monotonic() - last_activity > WORKER_IDLE_EXIT:
+                    if time.monotonic() - last_activity > idle_limit:
                         return fetched
                     time.sleep(WORKER_POLL)
                     continue
@@ -228,6 +234,23 @@ def prefetch_worker(settings: Settings) -> int:
     finally:
         repo.storage.close()
         os.close(lock)
+
+
+def start_prefetch_ahead(
+    settings: Settings, first: str, global_args: list[str], wait_first: float
+) -> bool:
+    """Start the prefetch worker for a recovery that has not begun yet, already fetching
+    `first` and the segments after it, so PostgreSQL's first requests find a warm worker (and
+    its first segments spooled) instead of paying for a process start and an SDK import.
+    A worker that already runs for this repository is asked for `first` instead."""
+    if settings.wal_prefetch <= 0:
+        return False
+    spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
+    spool.want(first, missed=True)  # a running worker may have delivered it to an earlier one
+    if not lock_is_held(spool.lock):
+        wait = ["--wait-first", f"{wait_first:g}"]
+        spawn_worker(spool.root, global_args, ["wal-prefetch", *wait])
+    return True
 
 
 def _segment_size(repo: Repository) -> int:

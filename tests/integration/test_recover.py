@@ -184,6 +184,29 @@ def test_delta_restore_over_a_stale_copy_keeps_matching_files(history: History) 
         cluster.stop("immediate")
 
 
+def test_recover_leaves_the_first_wal_segments_fetched_for_postgresql(history: History) -> None:
+    """`recover` run as the data directory's owner starts the prefetch worker itself: the
+    backup's first segment is spooled before PostgreSQL starts, and restore_command's first
+    request for it is answered from local state (storage gone by then, to prove it)."""
+    res = history.recover("warm", "--target-immediate")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["prefetching"] is True
+    manifest = json.loads(history.site.cloudbm("--json", "backup-show", history.backup_id).stdout)
+    first = manifest["start_wal"]
+    spool = history.site.workdir / "spool"
+    deadline = time.monotonic() + 30
+    while not list(spool.glob(f"*/prefetch/{first}")):
+        assert time.monotonic() < deadline, "recover did not start fetching WAL ahead"
+        time.sleep(0.05)
+    dest = history.restores / "warm" / "pg_wal" / "RECOVERYXLOG"
+    started = time.monotonic()
+    res = history.site.cloudbm("wal-fetch", first, str(dest))
+    assert res.returncode == 0, res.stderr
+    assert dest.stat().st_size > 0
+    assert time.monotonic() - started < 2.0
+
+
 def test_non_empty_destination_is_refused(history: History) -> None:
     dest = history.restores / "busy"
     dest.mkdir()
