@@ -173,44 +173,110 @@ def file_identity(st: os.stat_result) -> str:
     return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
 
 
+# How long a call waits here for a running worker before the full command takes over (which
+# waits longer, then does the work itself): the wait costs a poll, the full command an import
+# of everything.
+FAST_WAIT_SECONDS = 10.0
+_POLL = 0.003
+_LIVENESS_EVERY = 0.1
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
 def _push(values: dict[str, object], path_arg: str) -> int | None:
+    import time
+
     root = str(values["spool_root"])
-    if not _lock_held(os.path.join(root, "push.lock")):
+    lock = os.path.join(root, "push.lock")
+    if not _lock_held(lock):
         return None  # the full path consumes the marker and restarts the pusher
     path = path_arg if os.path.isabs(path_arg) else os.path.join(os.getcwd(), path_arg)
-    marker = os.path.join(root, "archived", os.path.basename(path))
+    name = os.path.basename(path)
+    marker = os.path.join(root, "archived", name)
+    failed = os.path.join(root, "push-failed", name)
+    ready = os.path.join(os.path.dirname(path), "archive_status", name + ".ready")
     try:
-        with open(marker) as fh:
-            recorded = fh.read().split("\n", 2)
         st = os.stat(path)
     except OSError:
         return None
-    if len(recorded) < 2 or recorded[1] != file_identity(st):
-        return None
-    try:
-        os.unlink(marker)
-    except FileNotFoundError:
-        return None
-    return 0
+    deadline = time.monotonic() + FAST_WAIT_SECONDS
+    next_liveness = time.monotonic() + _LIVENESS_EVERY
+    while True:
+        try:
+            with open(marker) as fh:
+                recorded = fh.read().split("\n", 2)
+        except FileNotFoundError:
+            recorded = None
+        except OSError:
+            return None
+        if recorded is not None:
+            if len(recorded) < 2 or recorded[1] != file_identity(st):
+                return None
+            try:
+                os.unlink(marker)
+            except FileNotFoundError:
+                return None
+            return 0
+        # Not archived yet: wait only while the pusher runs and will take this file up.
+        if os.path.exists(failed) or not os.path.exists(ready):
+            return None
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        if now >= next_liveness:
+            next_liveness = now + _LIVENESS_EVERY
+            if not _lock_held(lock):
+                return None  # the full path consumes a marker written at the very end
+        time.sleep(_POLL)
 
 
 def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
+    import time
+
     root = str(values["spool_root"])
     spooled = os.path.join(root, "prefetch", name)
-    if "/" in name or not os.path.exists(spooled):
+    lock = os.path.join(root, "prefetch.lock")
+    if "/" in name:
         return None
-    if not _lock_held(os.path.join(root, "prefetch.lock")):
+    if not os.path.exists(spooled):
+        # A segment the running worker is fetching (or will, once asked): wait for it here.
+        if len(name) != 24 or not _lock_held(lock):
+            return None
+        asked = time.time()
+        if not _ask(root, name, missed=True):
+            return None
+        deadline = time.monotonic() + FAST_WAIT_SECONDS
+        next_liveness = time.monotonic() + _LIVENESS_EVERY
+        while not os.path.exists(spooled):
+            # A miss or a failure the worker saw after this call asked: the full command
+            # decides (1, or fetching the file itself).
+            for verdict in (f"{name}@any", f"{name}@failed"):
+                seen = _mtime(os.path.join(root, "absent", verdict))
+                if seen is not None and seen >= asked:
+                    return None
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            if now >= next_liveness:
+                next_liveness = now + _LIVENESS_EVERY
+                if not _lock_held(lock) and not os.path.exists(spooled):
+                    return None
+            time.sleep(_POLL)
+    elif not _lock_held(lock):
         return None
+    else:
+        _ask(root, name)  # moves the worker's window on
     dest = dest_arg if os.path.isabs(dest_arg) else os.path.join(os.getcwd(), dest_arg)
-    want = os.path.join(root, ".want.tmp")
     try:
-        with open(want, "w") as fh:
-            fh.write(name)
-        os.replace(want, os.path.join(root, "want"))
         os.replace(spooled, dest)
     except OSError:
         return None
-    # The spool is not fsynced (it is a cache); the restored file and its directory are.
+    # The worker fsynced the file; the fsync here makes the rename durable and costs nothing.
     for target, flags in ((dest, os.O_RDONLY), (os.path.dirname(dest) or ".", os.O_DIRECTORY)):
         fd = os.open(target, flags)
         try:
@@ -218,6 +284,18 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
         finally:
             os.close(fd)
     return 0
+
+
+def _ask(root: str, name: str, missed: bool = False) -> bool:
+    """Tell the prefetch worker what recovery needs now (wal_spool.Spool.want's format)."""
+    want = os.path.join(root, ".want.tmp")
+    try:
+        with open(want, "w") as fh:
+            fh.write(f"{name}\nmissed\n" if missed else name)
+        os.replace(want, os.path.join(root, "want"))
+    except OSError:
+        return False
+    return True
 
 
 def main() -> int:
