@@ -76,6 +76,7 @@ DATASETS = {
     "a100": (100, False),
     "b100": (100, True),
     "a200": (200, False),
+    "a400": (400, False),  # not in the default run: --datasets a100,a200,a400 for RSS flatness
 }
 TOOLS = ("cloudbm", "cloudbm-keyfile", "pgbackrest", "barman", "floor")
 PEERS = ("pgbackrest", "barman")
@@ -1162,7 +1163,11 @@ class Bench:
             self.reaper.exclude.update(self.stack.server_pids)
             self.reaper.exclude.update(wb.my_children())
             for ds in o.datasets.split(","):
-                ds_tools = tools if ds != "a200" else [t for t in o.a200_tools.split(",") if t]
+                ds_tools = (
+                    tools
+                    if ds not in ("a200", "a400")
+                    else [t for t in o.a200_tools.split(",") if t]
+                )
                 c = self.data_cluster(ds)
                 try:
                     objs = {t: TOOL_CLASSES[t](self, ds, c) for t in ds_tools}
@@ -1405,11 +1410,14 @@ def render_markdown(out: dict) -> str:
         for r in res
         if r["phase"] == "backup" and r["tool"] == "cloudbm" and not r.get("error")
     }
-    if "a100" in a and "a200" in a:
+    scales = [ds for ds in ("a100", "a200", "a400") if ds in a]
+    if len(scales) > 1:
         L.append(
-            f"cloudbm peak RSS, scale 100 -> 200: {a['a100']['peak_rss_mib']:.0f} -> "
-            f"{a['a200']['peak_rss_mib']:.0f} MiB (largest process); wall "
-            f"{a['a100']['wall_s']:.1f} -> {a['a200']['wall_s']:.1f} s\n"
+            f"cloudbm peak RSS, scale {' -> '.join(ds[1:] for ds in scales)}: "
+            + " -> ".join(f"{a[ds]['peak_rss_mib']:.0f}" for ds in scales)
+            + " MiB (largest process); wall "
+            + " -> ".join(f"{a[ds]['wall_s']:.1f}" for ds in scales)
+            + " s\n"
         )
     return "\n".join(L)
 
@@ -1424,10 +1432,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--datasets",
         default="a100,b100,a200",
-        help="a100 (pgbench -s 100), b100 (random filler), a200 (pgbench -s 200)",
+        help="a100 (pgbench -s 100), b100 (random filler), a200, a400 (pgbench -s 200, 400)",
     )
     p.add_argument("--tools", default=",".join(TOOLS), help="subset of " + ",".join(TOOLS))
-    p.add_argument("--a200-tools", default="cloudbm", help="tools run on a200 (RSS flatness)")
+    p.add_argument(
+        "--a200-tools", default="cloudbm", help="tools run on a200 and a400 (RSS flatness)"
+    )
     p.add_argument(
         "--phases",
         default="backup,restore,replay",
