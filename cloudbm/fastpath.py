@@ -181,6 +181,31 @@ _POLL = 0.003
 _LIVENESS_EVERY = 0.1
 
 
+class _Wait:
+    """A bounded poll on local state while the worker holding `lock` lives."""
+
+    def __init__(self, lock: str) -> None:
+        import time
+
+        self._time = time
+        self._lock = lock
+        now = time.monotonic()
+        self._deadline = now + FAST_WAIT_SECONDS
+        self._next_liveness = now + _LIVENESS_EVERY
+
+    def again(self) -> bool:
+        """Sleep one poll interval; False once the deadline passed or the worker is gone."""
+        now = self._time.monotonic()
+        if now >= self._deadline:
+            return False
+        if now >= self._next_liveness:
+            self._next_liveness = now + _LIVENESS_EVERY
+            if not _lock_held(self._lock):
+                return False
+        self._time.sleep(_POLL)
+        return True
+
+
 def _mtime(path: str) -> float | None:
     try:
         return os.stat(path).st_mtime
@@ -189,8 +214,6 @@ def _mtime(path: str) -> float | None:
 
 
 def _push(values: dict[str, object], path_arg: str) -> int | None:
-    import time
-
     root = str(values["spool_root"])
     lock = os.path.join(root, "push.lock")
     if not _lock_held(lock):
@@ -204,8 +227,7 @@ def _push(values: dict[str, object], path_arg: str) -> int | None:
         st = os.stat(path)
     except OSError:
         return None
-    deadline = time.monotonic() + FAST_WAIT_SECONDS
-    next_liveness = time.monotonic() + _LIVENESS_EVERY
+    waiting = _Wait(lock)
     while True:
         try:
             with open(marker) as fh:
@@ -222,17 +244,10 @@ def _push(values: dict[str, object], path_arg: str) -> int | None:
             except FileNotFoundError:
                 return None
             return 0
-        # Not archived yet: wait only while the pusher runs and will take this file up.
-        if os.path.exists(failed) or not os.path.exists(ready):
+        # Not archived yet: wait only while the pusher runs and will take this file up (the
+        # full path consumes a marker written as the pusher stopped).
+        if os.path.exists(failed) or not os.path.exists(ready) or not waiting.again():
             return None
-        now = time.monotonic()
-        if now >= deadline:
-            return None
-        if now >= next_liveness:
-            next_liveness = now + _LIVENESS_EVERY
-            if not _lock_held(lock):
-                return None  # the full path consumes a marker written at the very end
-        time.sleep(_POLL)
 
 
 def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
@@ -250,8 +265,7 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
         asked = time.time()
         if not _ask(root, name, missed=True):
             return None
-        deadline = time.monotonic() + FAST_WAIT_SECONDS
-        next_liveness = time.monotonic() + _LIVENESS_EVERY
+        waiting = _Wait(lock)
         while not os.path.exists(spooled):
             # A miss or a failure the worker saw after this call asked: the full command
             # decides (1, or fetching the file itself).
@@ -259,14 +273,8 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
                 seen = _mtime(os.path.join(root, "absent", verdict))
                 if seen is not None and seen >= asked:
                     return None
-            now = time.monotonic()
-            if now >= deadline:
+            if not waiting.again() and not os.path.exists(spooled):
                 return None
-            if now >= next_liveness:
-                next_liveness = now + _LIVENESS_EVERY
-                if not _lock_held(lock) and not os.path.exists(spooled):
-                    return None
-            time.sleep(_POLL)
     elif not _lock_held(lock):
         return None
     else:
