@@ -294,13 +294,18 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
     return 0
 
 
-def _ask(root: str, name: str, missed: bool = False) -> bool:
-    """Tell the prefetch worker what recovery needs now (wal_spool.Spool.want's format)."""
+def ask_prefetch(root: str, name: str, missed: bool = False) -> None:
+    """Tell the prefetch worker in `root` what recovery needs now; `missed`: the spool lacked
+    it, so the worker must fetch it even if it delivered it before (Spool.wanted reads it)."""
     want = os.path.join(root, ".want.tmp")
+    with open(want, "w") as fh:
+        fh.write(f"{name}\nmissed\n" if missed else name)
+    os.replace(want, os.path.join(root, "want"))
+
+
+def _ask(root: str, name: str, missed: bool = False) -> bool:
     try:
-        with open(want, "w") as fh:
-            fh.write(f"{name}\nmissed\n" if missed else name)
-        os.replace(want, os.path.join(root, "want"))
+        ask_prefetch(root, name, missed)
     except OSError:
         return False
     return True

@@ -626,7 +626,7 @@ class TarExtractor:
         digest = hashlib.sha256()
         try:
             remaining = m.size
-            flushed = unflushed = 0
+            flushed = 0  # bytes handed to writeback so far
             while remaining:
                 data = tar.stream.read(min(self.chunk_size, remaining))
                 if not data:
@@ -634,12 +634,10 @@ class TarExtractor:
                 digest.update(data)
                 remaining -= len(data)
                 _write_all(fd, data)
-                if self.fsync:
-                    unflushed += len(data)
-                    if unflushed >= FLUSH_AFTER:
-                        start_writeback(fd, flushed, unflushed)
-                        flushed += unflushed
-                        unflushed = 0
+                written = m.size - remaining
+                if self.fsync and written - flushed >= FLUSH_AFTER:
+                    start_writeback(fd, flushed, written - flushed)
+                    flushed = written
                 if self.on_progress is not None:
                     self.on_progress(len(data))
             sha = digest.hexdigest()

@@ -373,13 +373,9 @@ class _ZstdDecompressor:
                 del self._in[: self._pos]  # O(1): bytearray drops a prefix by moving its start
                 self._pos = 0
             self._in += data
-        if self._spill:
-            out, self._spill = self._spill, b""
-        else:
-            out = b""
-        if max_length >= 0 and len(out) >= max_length:
-            self._spill = out[max_length:]
-            return out[:max_length]
+        out, self._spill = self._spill, b""
+        if 0 <= max_length <= len(out):
+            return self._cut(out, max_length)
         room = -1 if max_length < 0 else max_length - len(out)
         blocks = (1 << 62) if room < 0 else max(1, room // _ZSTD_BLOCK_MAX)
         end = self._plan(blocks)
@@ -395,6 +391,10 @@ class _ZstdDecompressor:
         if self._pos >= len(self._in) and self._state == self._DONE and not self._todo:
             self._in.clear()
             self._pos = 0
+        return self._cut(out, max_length)
+
+    def _cut(self, out: bytes, max_length: int) -> bytes:
+        """`out` up to max_length; the rest is kept for the next call."""
         if 0 <= max_length < len(out):
             self._spill = out[max_length:]
             return out[:max_length]

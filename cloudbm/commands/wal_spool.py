@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudbm.fastpath import file_identity, private_dir
+from cloudbm.fastpath import ask_prefetch, file_identity, private_dir
 
 if TYPE_CHECKING:
     import subprocess
@@ -250,9 +250,7 @@ class Spool:
         """Tell the worker what recovery needs now; `missed`: the spool did not have it, so
         a copy the worker delivered earlier was taken already and it must fetch it again
         (PostgreSQL asks for the last restored segment a second time at promotion)."""
-        tmp = self.root / ".want.tmp"
-        tmp.write_text(f"{name}\nmissed\n" if missed else name)
-        os.replace(tmp, self.want_file)
+        ask_prefetch(str(self.root), name, missed)
 
     def wanted(self) -> tuple[str | None, float, bool]:
         """(name, when, missed) recovery asked for last."""
