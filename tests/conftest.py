@@ -10,21 +10,29 @@ from types import ModuleType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCALSTACK_MODULE = "cloudbm_localstack"
+FAULTPROXY_MODULE = "cloudbm_faultproxy"
+
+
+def _load_by_path(module_name: str, path: Path) -> ModuleType:
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_localstack() -> ModuleType:
     """localstack/stack.py (standard library only, not part of the package), loaded by path."""
-    module = sys.modules.get(LOCALSTACK_MODULE)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(
-        LOCALSTACK_MODULE, REPO_ROOT / "localstack" / "stack.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[LOCALSTACK_MODULE] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return _load_by_path(LOCALSTACK_MODULE, REPO_ROOT / "localstack" / "stack.py")
+
+
+def load_faultproxy() -> ModuleType:
+    """localstack/faultproxy.py, the fault-injecting HTTP proxy, loaded by path."""
+    return _load_by_path(FAULTPROXY_MODULE, REPO_ROOT / "localstack" / "faultproxy.py")
 
 
 def payload(size: int, seed: int = 0) -> bytes:
