@@ -14,7 +14,9 @@ exchange the way real networks and overloaded services do:
     drop-response  the request is forwarded and takes effect, its response is dropped and the
                    connection closed
 
-Every fault is counted (`counts`, also per kind); `requests` counts everything seen. Tests load
+`only` (a regular expression searched in the request line, e.g. `^PUT .*started[.]json`) limits
+faults to matching requests; `max_faults` stops injecting after that many. Every fault is
+counted (`counts`, per kind); `requests` counts everything seen. Tests load
 this file by path and run it in-process; bench scripts run it as a program:
 
     python3 localstack/faultproxy.py --upstream http://127.0.0.1:9000 --rate 0.2 --seed 7
@@ -31,6 +33,7 @@ import argparse
 import contextlib
 import json
 import random
+import re
 import signal
 import socket
 import struct
@@ -204,6 +207,8 @@ class FaultProxy:
     seed: int = 0
     kinds: Sequence[str] = KINDS
     hold_seconds: float = 5.0
+    only: str | None = None
+    max_faults: int | None = None
     host: str = "127.0.0.1"
     port: int = 0
     counts: Counter[str] = field(default_factory=Counter)
@@ -217,6 +222,7 @@ class FaultProxy:
         parts = urlsplit(self.upstream)
         self._up = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._rng = random.Random(self.seed)
+        self._only = re.compile(self.only) if self.only else None
         self._lock = threading.Lock()
         self._listener = socket.create_server((self.host, self.port))
         self.port = self._listener.getsockname()[1]
@@ -244,10 +250,16 @@ class FaultProxy:
                 "seed": self.seed,
             }
 
-    def _decide(self) -> str | None:
+    def _decide(self, request_line: bytes) -> str | None:
         with self._lock:
             self.requests += 1
-            if not self.enabled or self.rate <= 0 or self._rng.random() >= self.rate:
+            if not self.enabled or self.rate <= 0:
+                return None
+            if self._only and not self._only.search(request_line.decode("latin-1")):
+                return None
+            if self.max_faults is not None and sum(self.counts.values()) >= self.max_faults:
+                return None
+            if self._rng.random() >= self.rate:
                 return None
             kind = self._rng.choice(list(self.kinds))
             self.counts[kind] += 1
@@ -283,7 +295,7 @@ class FaultProxy:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                     head = head.without(b"expect")
                 body = b"".join(_body(reader, head))
-                kind = self._decide()
+                kind = self._decide(head.first)
                 if kind == "reset":
                     _reset(client)
                     return

@@ -122,3 +122,18 @@ def test_a_seed_gives_the_same_faults_in_the_same_order(upstream: str) -> None:
 
     first = run()
     assert first == run() and 503 in first and 200 in first
+
+
+def test_only_and_max_faults_narrow_what_is_faulted(upstream: str) -> None:
+    with faultproxy.FaultProxy(
+        upstream, rate=1.0, kinds=["status-503"], only=r"^GET /target", max_faults=2
+    ) as proxy:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        statuses = []
+        for path in ("/other", "/target", "/target", "/target"):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+        conn.close()
+        assert statuses == [200, 503, 503, 200]
