@@ -13,6 +13,7 @@ bench/fault_soak.py runs the same journey for longer (1,000+ injected faults).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -109,64 +110,81 @@ def faulty_site(target: RepoTarget, workdir: Path) -> Iterator[FaultySite]:
         yield FaultySite(cluster, target, config, workdir)
 
 
+def recover_and_compare(site: FaultySite, expected: str) -> None:
+    """recover latest into a new directory, start it, replay through wal-fetch, compare."""
+    restores = postgres_dir("cloudbm-faults-restore-")
+    try:
+        dest = restores / "data"
+        site.ok("recover", "latest", str(dest), "--no-progress", "--archive-mode", "off")
+        recovered = start_recovered(dest, site.cluster.bin_dir, site.target.env)
+        try:
+            wait_promoted(recovered, timeout=300)
+            assert snapshot(recovered) == expected, recovered.server_log()[-3000:]
+        finally:
+            recovered.stop("immediate")
+    finally:
+        shutil.rmtree(restores, ignore_errors=True)
+
+
+def journey_round(site: FaultySite, number: int, kept: str | None) -> str:
+    """Write, back up twice, verify, check, apply retention, recover and compare; returns the
+    id of the backup retention kept. `kept`: the backup the previous round left."""
+    c = site.cluster
+    base = number * 100_000
+    site.write(base + 1, 20_000)
+    c.wait_archived(timeout=300)
+    first = str(json.loads(site.ok("--json", "backup-push", "--no-progress"))["backup_id"])
+    site.write(base + 20_001, 20_000)
+    c.psql(f"UPDATE t SET v = 'changed {number}' WHERE id % 7 = {number % 7}")
+    second = str(json.loads(site.ok("--json", "backup-push", "--no-progress"))["backup_id"])
+    site.write(base + 40_001, 5_000)
+    expected = snapshot(c)
+    c.wait_archived(timeout=300)
+
+    site.ok("verify", second)
+    site.ok("wal-verify")
+    site.ok("check")
+    listed = json.loads(site.ok("--json", "backup-list"))["backups"]
+    assert [b["backup_id"] for b in listed] == [*([kept] if kept else []), first, second]
+    assert all(b["status"] == "DONE" for b in listed), listed
+
+    retention = json.loads(site.ok("--json", "retention"))["servers"][0]
+    assert retention["backups_removed"] == [*([kept] if kept else []), first], retention
+    listed = json.loads(site.ok("--json", "backup-list"))["backups"]
+    assert [b["backup_id"] for b in listed] == [second]
+
+    recover_and_compare(site, expected)
+    return second
+
+
+def run_journey(backend: str, endpoints: Any, rounds: int, seed: int) -> dict[str, Any]:
+    """The journey on one backend through a 20% faulty network; the proxy's summary."""
+    workdir = postgres_dir(f"cloudbm-faults-{backend}-")
+    proxy = start_proxy(backend, endpoints, rate=FAULT_RATE, seed=seed, hold_seconds=3)
+    try:
+        target = through_proxy(make_target(backend, endpoints, workdir), proxy)
+        with faulty_site(target, workdir) as site:
+            site.cluster.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            kept = None
+            for number in range(rounds):
+                kept = journey_round(site, number, kept)
+    finally:
+        proxy.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"backend": backend, "rounds": rounds, **proxy.summary()}
+
+
 @pytest.mark.parametrize("backend", PROXIED_BACKENDS)
 def test_the_whole_job_survives_one_request_in_five_failing(
     backend: str, localstack_endpoints: Any
 ) -> None:
-    workdir = postgres_dir(f"cloudbm-faults-{backend}-")
-    proxy = start_proxy(backend, localstack_endpoints, rate=FAULT_RATE, seed=9, hold_seconds=3)
-    try:
-        target = through_proxy(make_target(backend, localstack_endpoints, workdir), proxy)
-        with faulty_site(target, workdir) as site:
-            c = site.cluster
-            c.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
-            site.write(1, 20_000)
-            c.wait_archived(timeout=300)
-            first = json.loads(site.ok("--json", "backup-push", "--no-progress"))
-            site.write(20_001, 20_000)
-            c.psql("UPDATE t SET v = 'changed' WHERE id % 7 = 0")
-            second = json.loads(site.ok("--json", "backup-push", "--no-progress"))
-            site.write(40_001, 5_000)
-            expected = snapshot(c)
-            c.wait_archived(timeout=300)
-
-            site.ok("verify", second["backup_id"])
-            site.ok("wal-verify")
-            site.ok("check")
-            listed = json.loads(site.ok("--json", "backup-list"))["backups"]
-            assert [b["backup_id"] for b in listed] == [first["backup_id"], second["backup_id"]]
-            assert all(b["status"] == "DONE" for b in listed)
-
-            retention = json.loads(site.ok("--json", "retention"))["servers"][0]
-            assert retention["backups_removed"] == [first["backup_id"]]
-            listed = json.loads(site.ok("--json", "backup-list"))["backups"]
-            assert [b["backup_id"] for b in listed] == [second["backup_id"]]
-
-            restores = postgres_dir("cloudbm-faults-restore-")
-            try:
-                dest = restores / "data"
-                site.ok(
-                    "recover",
-                    "latest",
-                    str(dest),
-                    "--no-progress",
-                    "--archive-mode",
-                    "off",
-                )
-                recovered = start_recovered(dest, c.bin_dir, site.target.env)
-                try:
-                    wait_promoted(recovered, timeout=300)
-                    assert snapshot(recovered) == expected, recovered.server_log()[-3000:]
-                finally:
-                    recovered.stop("immediate")
-            finally:
-                shutil.rmtree(restores, ignore_errors=True)
-    finally:
-        proxy.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-    summary = proxy.summary()
-    print(f"{backend}: {summary}")
-    assert summary["faults"] >= 40, summary
+    rounds = int(os.environ.get("CLOUDBM_FAULT_ROUNDS", "1"))
+    summary = run_journey(backend, localstack_endpoints, rounds, seed=9)
+    report = os.environ.get("CLOUDBM_FAULT_REPORT")
+    if report:  # bench/fault_soak.py collects these
+        with open(report, "a") as fh:
+            fh.write(json.dumps(summary, sort_keys=True) + "\n")
+    assert summary["faults"] >= 40 * rounds, summary
     assert set(summary["by_kind"]) == {
         "reset",
         "status-503",
