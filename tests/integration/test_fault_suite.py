@@ -55,8 +55,11 @@ class FaultySite:
     target: RepoTarget
     config: Path
     workdir: Path
+    commands: int = 0  # cloudbm commands run by the journey (archive/restore calls aside)
+    restored: int = 0  # files the recovered servers' restore_command delivered
 
     def cloudbm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        self.commands += 1
         return as_postgres(
             [str(CLOUDBM), "--config", str(self.config), *args],
             env=self.target.env,
@@ -120,6 +123,7 @@ def recover_and_compare(site: FaultySite, expected: str) -> None:
         try:
             wait_promoted(recovered, timeout=300)
             assert snapshot(recovered) == expected, recovered.server_log()[-3000:]
+            site.restored += recovered.server_log().count("restored log file")
         finally:
             recovered.stop("immediate")
     finally:
@@ -168,10 +172,19 @@ def run_journey(backend: str, endpoints: Any, rounds: int, seed: int) -> dict[st
             kept = None
             for number in range(rounds):
                 kept = journey_round(site, number, kept)
+            archived, failed = site.cluster.psql(
+                "SELECT archived_count || ' ' || failed_count FROM pg_stat_archiver"
+            ).split()
+            work = {
+                "commands": site.commands,
+                "archived": int(archived),
+                "archive_command_failures": int(failed),
+                "restored": site.restored,
+            }
     finally:
         proxy.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"backend": backend, "rounds": rounds, **proxy.summary()}
+    return {"backend": backend, "rounds": rounds, **work, **proxy.summary()}
 
 
 @pytest.mark.parametrize("backend", PROXIED_BACKENDS)
