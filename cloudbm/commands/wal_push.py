@@ -2,7 +2,9 @@
 
 Contract: exit 0 only once the file is durably stored; never overwrite an archived file with
 different content (put-if-absent, then compare plaintext SHA-256: equal is success, different
-is exit 5); refuse segments from another cluster.
+is exit 5); refuse anything that is not what its name says (a segment of another cluster,
+another position or an unexplained timeline; a history or backup history file that does not
+parse or fit its name): exit 5, nothing stored.
 
 Push-ahead: PostgreSQL starts one process per file and waits for it. So an invocation makes
 sure a background pusher runs (`cloudbm wal-push-ahead`, see wal_push_ahead.py) that uploads up
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     import subprocess
 
     from cloudbm.codec.envelope import EncodeParams
+    from cloudbm.pg.timeline import Switch
     from cloudbm.pg.walfile import SegmentHeader
     from cloudbm.repository import Descriptor, Repository
 
@@ -72,14 +75,26 @@ class WalPusher:
             self._params = self.repo.encode_params(wal=True)
         return self._params
 
-    def validate(self, name: walnames.WalName, data: bytes) -> SegmentHeader | None:
-        """Segments must come from the repository's cluster and be whole."""
-        from cloudbm.errors import ForeignClusterError, IntegrityError
-        from cloudbm.pg.walfile import read_segment_header
+    def validate(self, name: walnames.WalName, data: bytes) -> dict[str, str]:
+        """Refuse (exit 5) a file that is not what its name says; returns the object metadata
+        that describes it (header facts, switch points), so wal-verify and retention can
+        read them without decrypting."""
+        if name.kind == walnames.WalKind.HISTORY:
+            return {"cloudbm-switches": self._check_history(name, data)}
+        if name.kind == walnames.WalKind.BACKUP:
+            self._check_backup_history(name, data)
+            return {}
+        from cloudbm.pg.walfile import header_metadata
 
-        if not name.has_page_header:
-            return None
-        header = read_segment_header(data, name.name)
+        return header_metadata(self._check_segment(name, data))
+
+    def _check_segment(self, name: walnames.WalName, data: bytes) -> SegmentHeader:
+        """The first page must come from the repository's cluster and be the start of the
+        segment the name names (address, segment size, timeline); a segment must be whole."""
+        from cloudbm.errors import ForeignClusterError, IntegrityError
+        from cloudbm.pg import walfile
+
+        header = walfile.read_segment_header(data, name.name)
         desc = self.descriptor()
         if header.system_identifier != desc.system_identifier:
             raise ForeignClusterError(
@@ -88,26 +103,99 @@ class WalPusher:
                 f"{desc.system_identifier}",
                 hint="give each cluster its own repository prefix",
             )
-        if name.kind == walnames.WalKind.SEGMENT and len(data) != header.segment_size:
+        why = walfile.name_mismatch(header, name)
+        if why is None and header.timeline < name.timeline:
+            # Only the segment where a timeline began starts with an ancestor's page.
+            switches = self._history_for(name, header.timeline)
+            why = walfile.ancestor_mismatch(header, name, switches)
+        if why is not None:
             raise IntegrityError(
-                f"{name.name} is {len(data)} bytes but its header says segments are "
-                f"{header.segment_size} bytes",
+                f"{name.name} was refused and nothing was stored: {why}",
+                hint="archive each WAL file under the name PostgreSQL gave it (%p)",
+            )
+        size = header.segment_size
+        whole = len(data) == size if name.kind == walnames.WalKind.SEGMENT else len(data) <= size
+        if not whole:
+            raise IntegrityError(
+                f"{name.name} is {len(data)} bytes but its header says segments are {size} bytes",
                 hint="the file is truncated or not a WAL segment",
             )
         return header
+
+    def _history_for(self, name: walnames.WalName, page_tli: int) -> list[Switch]:
+        """Switch points of `name`'s timeline, to place a first page from timeline `page_tli`:
+        from pg_wal (PostgreSQL writes the history before the timeline's first segment), else
+        from the archive (its metadata, else its content)."""
+        from cloudbm.commands.wal_layout import wal_key
+        from cloudbm.errors import IntegrityError, ObjectNotFoundError
+        from cloudbm.pg import timeline
+
+        tli = name.timeline
+        history = walnames.history_name(tli)
+        try:
+            data: bytes | None = (self.pg_wal / history).read_bytes()
+        except OSError:
+            data = None
+        where = f"pg_wal/{history}"
+        try:
+            if data is not None:
+                return timeline.read_history(data, tli)
+            key = wal_key(walnames.parse(history))
+            where = f"{self.repo.storage.url}/{key}"
+            try:
+                plain = self.repo.storage.head(key).metadata.get("cloudbm-switches")
+            except ObjectNotFoundError:
+                raise IntegrityError(
+                    f"{name.name} was refused and nothing was stored: its first page belongs to "
+                    f"timeline {page_tli}, older than {tli}, and {history} is neither in "
+                    f"pg_wal nor archived, so nothing says timeline {tli} began in this segment",
+                    hint=f"archive {history} first",
+                ) from None
+            if plain:
+                return timeline.parse_switches(plain, tli)
+            return timeline.read_history(self.repo.get_bytes(key)[0], tli)
+        except timeline.HistoryError as exc:
+            raise IntegrityError(
+                f"{name.name} was refused and nothing was stored: it needs {where} to be "
+                f"checked, and that is not a valid history of timeline {tli}: {exc}"
+            ) from None
+
+    def _check_history(self, name: walnames.WalName, data: bytes) -> str:
+        """A history file must parse as PostgreSQL writes it and fit its name; returns its
+        switch points as metadata ("parent:lsn,...", read by retention on hosts that hold only
+        the public key)."""
+        from cloudbm.errors import IntegrityError
+        from cloudbm.pg import timeline
+
+        try:
+            switches = timeline.read_history(data, name.timeline)
+        except timeline.HistoryError as exc:
+            raise IntegrityError(
+                f"{name.name} was refused and nothing was stored: it is not a history file of "
+                f"timeline {name.timeline}: {exc}",
+                hint="PostgreSQL writes history files itself; archive only those",
+            ) from None
+        return timeline.format_switches(switches)
+
+    def _check_backup_history(self, name: walnames.WalName, data: bytes) -> None:
+        """A backup history file must describe the backup start its name gives."""
+        from cloudbm.errors import IntegrityError
+        from cloudbm.pg.walfile import backup_history_mismatch
+
+        why = backup_history_mismatch(data, name, self.descriptor().wal_segment_size)
+        if why is not None:
+            raise IntegrityError(
+                f"{name.name} was refused and nothing was stored: {why}",
+                hint="PostgreSQL writes backup history files itself; archive only those",
+            )
 
     def push(self, name: walnames.WalName, data: bytes, sha: str) -> PushResult:
         """Validate and upload one file; identical re-pushes succeed, different ones fail."""
         from cloudbm.commands.wal_layout import wal_key
         from cloudbm.errors import ConflictError, ObjectExistsError
 
-        header = self.validate(name, data)
+        meta = {"cloudbm-kind": name.kind, **self.validate(name, data)}
         key = wal_key(name)
-        meta = {"cloudbm-kind": name.kind}
-        if header is not None:
-            meta["cloudbm-wal-segment-size"] = str(header.segment_size)
-        if name.kind == walnames.WalKind.HISTORY:
-            meta["cloudbm-switches"] = history_switches(data)
         self.descriptor()
         try:
             stored = self.repo.put_bytes(
@@ -128,18 +216,6 @@ class WalPusher:
                 hint="two clusters may be writing to one repository; check the archive",
             ) from None
         return PushResult(name.name, len(data), stored)
-
-
-def history_switches(data: bytes) -> str:
-    """A history file's switch points as plain metadata ("parent:lsn,..."), so retention can
-    follow timelines on a host that holds only the public key."""
-    from cloudbm.pg import timeline
-
-    try:
-        switches = timeline.parse_history(data.decode())
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    return ",".join(f"{sw.parent}:{walnames.format_lsn(sw.lsn)}" for sw in switches)
 
 
 def hook_env(settings: Settings, name: str, path: Path, size: int) -> dict[str, str]:

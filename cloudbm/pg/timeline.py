@@ -22,18 +22,87 @@ class Switch:
     lsn: int
 
 
-def parse_history(text: str) -> list[Switch]:
-    """Entries of a history file, oldest first; comments and blank lines ignored."""
+class HistoryError(ValueError):
+    """Text that is not a timeline history PostgreSQL could have written (for that timeline)."""
+
+
+_DIGITS = frozenset("0123456789")
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+_MAX_TLI = 0xFFFFFFFF
+
+
+def _switch_point(text: str) -> int | None:
+    """'0/A05B78' -> int, as PostgreSQL's "%X/%X" reads it (two 32-bit hex halves)."""
+    hi, slash, lo = text.partition("/")
+    for half in (hi, lo):
+        if not slash or not 1 <= len(half) <= 8 or not _HEXDIGITS.issuperset(half):
+            return None
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def parse_history(text: str, timeline: int | None = None) -> list[Switch]:
+    """Entries of a history file, oldest first; comments and blank lines ignored.
+
+    HistoryError for anything PostgreSQL never writes: each entry is "parentTLI switchpoint
+    [reason]" (decimal, then hex "hi/lo"), parents strictly increasing (PostgreSQL refuses
+    others), switch points non-decreasing and valid. With `timeline` (the TLI the file is
+    named for) there must be at least one entry and every parent must be older.
+    """
     out: list[Switch] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split()
-        if len(fields) < 2:
-            raise ValueError(f"malformed history line {raw!r}")
-        out.append(Switch(int(fields[0]), walnames.parse_lsn(fields[1])))
+        if not _DIGITS.issuperset(fields[0]) or not 0 < int(fields[0]) <= _MAX_TLI:
+            raise HistoryError(f"line {line[:60]!r} does not start with a timeline ID")
+        lsn = _switch_point(fields[1]) if len(fields) > 1 else None
+        if not lsn:
+            raise HistoryError(f"line {line[:60]!r} has no valid switch point after its TLI")
+        switch = Switch(int(fields[0]), lsn)
+        if out and switch.parent <= out[-1].parent:
+            raise HistoryError("timeline IDs are not in increasing sequence")
+        if out and switch.lsn < out[-1].lsn:
+            raise HistoryError("switch points decrease")
+        out.append(switch)
+    if timeline is not None:
+        if not out:
+            raise HistoryError("it has no entry (PostgreSQL writes at least the parent's)")
+        if out[-1].parent >= timeline:
+            raise HistoryError(
+                f"it names timeline {out[-1].parent} as an ancestor, which is not lower than "
+                f"{timeline}, the timeline it is named for"
+            )
     return out
+
+
+def read_history(data: bytes, timeline: int) -> list[Switch]:
+    """Parse the bytes of `<timeline>.history`. The reason column may be in any server
+    encoding (restore point names), so only the ASCII fields are interpreted."""
+    return parse_history(data.decode("utf-8", errors="surrogateescape"), timeline)
+
+
+def format_switches(switches: Iterable[Switch]) -> str:
+    """Switch points as plain object metadata: "parent:lsn,..."."""
+    return ",".join(f"{sw.parent}:{walnames.format_lsn(sw.lsn)}" for sw in switches)
+
+
+def parse_switches(text: str, timeline: int) -> list[Switch]:
+    """Inverse of `format_switches`, checked like the file it came from (HistoryError)."""
+    lines = []
+    for item in text.split(","):
+        parent, _, lsn = item.partition(":")
+        lines.append(f"{parent} {lsn}")
+    return parse_history("\n".join(lines), timeline)
+
+
+def timeline_at(lsn: int, target: int, switches: list[Switch]) -> int:
+    """The timeline that wrote position `lsn` on the way to `target` (whose history is
+    `switches`): where recovery to `target` reads it from."""
+    for span in ancestry(target, {target: switches}):
+        if span.end is None or lsn < span.end:
+            return span.timeline
+    return target
 
 
 @dataclass(frozen=True)

@@ -75,11 +75,3 @@ def test_segments_group_by_timeline_and_log_and_history_sits_at_the_top() -> Non
     assert wal_key(walnames.parse("000000010000000A000000FE.00000028.backup")).startswith(
         "wal/000000010000000A/"
     )
-
-
-def test_history_switch_points_travel_as_plain_metadata() -> None:
-    from cloudbm.commands.wal_push import history_switches
-
-    text = b"1\t0/3000000\tno recovery target specified\n\n2\t0/5000A28\tbefore 2026-11-22\n"
-    assert history_switches(text) == "1:0/3000000,2:0/5000A28"
-    assert history_switches(b"not a history file") == ""
