@@ -1,4 +1,4 @@
-"""The storage protocol every backend implements.
+"""The storage protocol every backend implements, and the contract between the layers.
 
 Backends only move bytes by name ("dumb storage, smart repository"): they know nothing of WAL,
 backups, codecs or retries. Keys are '/'-separated relative names below the repository prefix
@@ -7,11 +7,33 @@ given in the URL; a backend maps them to its own namespace.
 Every backend must:
 
 * raise only the typed errors of `cloudbm.errors` (StorageError and subclasses), mapping SDK
-  exceptions at its edge; `retryable=True` errors are retried by `storage.retry`, never inside
+  exceptions at its edge (an SDK that chokes on a malformed response, whatever it raises, is a
+  TransientStorageError); `retryable=True` errors are retried by `storage.retry`, never inside
   the backend;
 * bound every network call with the deadlines in `StorageOptions` (connect, read);
 * verify content on upload with a checksum the server checks (MD5/CRC32C/SHA-256 per provider);
 * import its SDK lazily (only the backend module imports boto3, google.cloud or azure).
+
+Complete responses only. HTTP clients take a connection that ends inside the response headers
+for the end of the headers: a cut response then looks like a complete, empty one. So nothing is
+believed that the response does not prove, and whatever falls short is a TransientStorageError
+(retried), never ObjectNotFoundError, an empty listing, or bytes handed to an integrity check:
+
+* `get` reports `info.size` (the whole object's size) only from a length the response carries
+  and the backend can check: a body length, and for a ranged get the range actually returned,
+  which must start where it was asked to. Its reader never returns more bytes than announced;
+  it may return fewer (its stream ended) — the retry layer (`RetryingStorage`) knows the
+  expected length, treats an early end as transient and resumes at the offset reached;
+* `head` answers only from a response that carries the object's length and identity;
+* `list` yields entries only from pages that are well formed (what the provider always sends
+  in a listing), and a cut page is an error, never the end of the listing;
+* `put` (and `delete_many`) succeed only on a response that proves the write took effect; an
+  unprovable answer is transient even though the write may have landed, which is why
+  `RetryingStorage.put` reads an if_absent object back before calling a conflict a conflict.
+
+A backend may also offer `list_after(prefix, after)` (the `ResumableList` protocol): the same
+listing starting after the key `after`. The retry layer uses it to resume a listing where it
+failed instead of listing again from the start.
 """
 
 from __future__ import annotations
@@ -33,9 +55,12 @@ class StorageOptions:
 
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    # Whole operation deadline, enforced by the retry wrapper across attempts.
+    # Whole operation deadline, enforced by the retry wrapper across attempts: transient
+    # failures are retried with backoff until it is spent (storage.retry.RetryPolicy).
     operation_timeout: float = 300.0
-    max_attempts: int = 5
+    # A cap on attempts, for those who would rather fail fast; by default the deadline ends
+    # retrying first (some 45 attempts fit in 300 s of backoff).
+    max_attempts: int = 100
     multipart_threshold: int = 64 * MiB
     # Upper bound for one object when the caller gives no size hint; used to size parts so the
     # provider's part-count limit is never hit.
@@ -51,6 +76,8 @@ class StorageOptions:
     gcs_project: str | None = None
     azure_account_url: str | None = None
     azure_connection_string: str | None = None
+    # Backend knobs that are not configuration keys (tests, benches): list_page_size (entries
+    # per listing page, every cloud backend), s3_list_version, s3_max_parts, ...
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -85,6 +112,22 @@ class ObjectReader(Protocol):
 
 
 @runtime_checkable
+class ResumableList(Protocol):
+    """Backends that can list from a key onwards (S3 StartAfter, a local walk)."""
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Like `list(prefix)`, but only keys sorting after `after`."""
+        ...
+
+
+def expected_end(size: int, start: int, end: int | None) -> int:
+    """Where a read of [start, end) of an object of `size` bytes must stop (never before
+    `start`: a range past the end is an empty read)."""
+    stop = size if end is None else min(end, size)
+    return max(start, stop)
+
+
+@runtime_checkable
 class Storage(Protocol):
     """One repository location: a local directory, a bucket prefix or a container prefix."""
 
@@ -113,7 +156,8 @@ class Storage(Protocol):
         """Open `key` for streaming, optionally the byte range [start, end) only.
 
         Raises ObjectNotFoundError when the key does not exist. `reader.info` carries size
-        (of the whole object) and metadata.
+        (of the whole object, as the response proved it) and metadata; the reader delivers at
+        most `expected_end(info.size, start, end) - start` bytes.
         """
         ...
 
@@ -122,7 +166,8 @@ class Storage(Protocol):
         ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, lazily, page by page, in key order."""
+        """Every object whose key starts with `prefix`, lazily, page by page, in key order.
+        A page that fails or is malformed raises; the listing never just ends early."""
         ...
 
     def delete_many(self, keys: Iterable[str]) -> None:

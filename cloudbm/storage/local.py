@@ -24,8 +24,9 @@ from cloudbm.errors import (
     StorageError,
     StoragePermissionError,
     StorageUnavailableError,
+    TransientStorageError,
 )
-from cloudbm.storage.base import ClosingReader, ObjectInfo
+from cloudbm.storage.base import ClosingReader, ObjectInfo, expected_end
 
 META_SUFFIX = ".cbmeta"
 TMP_PREFIX = ".cbtmp-"
@@ -41,19 +42,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _FileReader(ClosingReader):
-    def __init__(self, fh: BinaryIO, info: ObjectInfo, remaining: int | None) -> None:
+    """The bytes [start, stop) of an open file, `stop` fixed by the size it had when opened:
+    a file that ends sooner (truncated in place, a short NFS read) is an error, not a short
+    object."""
+
+    def __init__(self, fh: BinaryIO, info: ObjectInfo, start: int, stop: int, where: str) -> None:
         self._fh = fh
-        self._remaining = remaining
+        self._pos = start
+        self._stop = stop
+        self._where = where
         self.info = info
 
     def read(self, size: int = -1) -> bytes:
-        if self._remaining is not None:
-            if size is None or size < 0 or size > self._remaining:
-                size = self._remaining
-            data = self._fh.read(size)
-            self._remaining -= len(data)
-            return data
-        return self._fh.read(size)
+        remaining = self._stop - self._pos
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size == 0:
+            return b""
+        try:
+            data = self._fh.read(size)  # buffered: short only at the end of the file
+        except OSError as exc:
+            raise StorageError(f"read {self._where}: {exc.strerror or exc}") from exc
+        if len(data) < size:
+            raise TransientStorageError(
+                f"read {self._where}: the file ended at byte {self._pos + len(data)} of "
+                f"{self._stop}",
+                hint="it was truncated while being read",
+            )
+        self._pos += len(data)
+        return data
 
     def close(self) -> None:
         self._fh.close()
@@ -201,11 +218,11 @@ class LocalStorage:
             info = self._info(key, path, os.fstat(fh.fileno()))
             if start:
                 fh.seek(start)
-            remaining = None if end is None else max(0, min(end, info.size) - start)
         except OSError as exc:
             fh.close()
             raise self._error("read", key, exc) from exc
-        return _FileReader(fh, info, remaining)
+        stop = expected_end(info.size, start, end)
+        return _FileReader(fh, info, start, stop, f"{self.root}/{key}")
 
     def head(self, key: str) -> ObjectInfo:
         """Size and metadata of `key`."""
@@ -221,13 +238,17 @@ class LocalStorage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, in key order, one directory at a time."""
+        return self.list_after(prefix, "")
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Like list(prefix), from the first key sorting after `after`."""
         self._check_root()
         # Walk only the directory the prefix can live in, not the whole repository.
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start_dir = self.root.joinpath(*base_key.split("/")) if base_key else self.root
-        yield from self._walk(start_dir, base_key, prefix)
+        yield from self._walk(start_dir, base_key, prefix, after)
 
-    def _walk(self, directory: Path, dir_key: str, prefix: str) -> Iterator[ObjectInfo]:
+    def _walk(self, directory: Path, dir_key: str, prefix: str, after: str) -> Iterator[ObjectInfo]:
         try:
             # Byte order of full keys, as object stores list them: a directory 'b' sorts as
             # 'b/', after siblings like 'b-x' and 'b.txt'.
@@ -245,9 +266,12 @@ class LocalStorage:
                 continue
             key = f"{dir_key}/{name}" if dir_key else name
             if entry.is_dir(follow_symlinks=False):
-                if key.startswith(prefix) or prefix.startswith(key + "/"):
-                    yield from self._walk(Path(entry.path), key, prefix)
-            elif key.startswith(prefix):
+                inside = key + "/"
+                if after > inside and not after.startswith(inside):
+                    continue  # every key below sorts before `after`
+                if key.startswith(prefix) or prefix.startswith(inside):
+                    yield from self._walk(Path(entry.path), key, prefix, after)
+            elif key.startswith(prefix) and key > after:
                 try:
                     yield self._info(key, Path(entry.path), entry.stat())
                 except FileNotFoundError:

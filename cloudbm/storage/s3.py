@@ -18,7 +18,7 @@ import base64
 import io
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from itertools import islice
@@ -42,6 +42,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.parsers import ResponseParserError
 
 from cloudbm.errors import (
     ChecksumMismatchError,
@@ -78,13 +79,17 @@ S3_MIN_PART = 5 * MiB
 S3_DELETE_BATCH = 1000
 
 # Every exception the SDK (or urllib3 underneath it) can raise during a call or a body read.
-# The builtin ConnectionError/TimeoutError cover raw socket failures that escape urllib3.
+# The builtin ConnectionError/TimeoutError cover raw socket failures that escape urllib3;
+# ResponseParserError (not a BotoCoreError) and ValueError are what botocore's parsers raise on
+# a body or a header cut mid-value ("Invalid timestamp").
 SDK_ERRORS: tuple[type[BaseException], ...] = (
     ClientError,
     BotoCoreError,
     urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,
+    ResponseParserError,
+    ValueError,
 )
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -193,6 +198,10 @@ def map_error(exc: BaseException, op: str, where: str) -> StorageError:
         )
     if isinstance(exc, ChecksumError | FlexibleChecksumError):
         return ChecksumMismatchError(f"{head} failed: response checksum mismatch")
+    if isinstance(exc, ResponseParserError | ValueError):
+        # Only a response can be malformed here (parameters are validated before sending):
+        # typically one cut short, which the next attempt gets whole.
+        return TransientStorageError(f"{head} failed: malformed response: {_one_line(exc)}")
     if isinstance(
         exc,
         HTTPClientError  # read timeouts, closed connections, streaming errors
@@ -204,6 +213,36 @@ def map_error(exc: BaseException, op: str, where: str) -> StorageError:
     ):
         return TransientStorageError(f"{head} failed: {type(exc).__name__}: {exc}")
     return StorageError(f"{head} failed: {type(exc).__name__}: {exc}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _incomplete(op: str, where: str, missing: str) -> TransientStorageError:
+    return TransientStorageError(
+        f"S3 {op} {where} failed: incomplete response (no {missing}); "
+        "the connection probably ended early"
+    )
+
+
+def _check_response(resp: Mapping[str, Any], op: str, where: str, *fields: str) -> None:
+    """Believe a response only if it is whole: it announced its length (every S3 response
+    carries Content-Length or is chunked) and has the fields S3 always sends for `op`.
+
+    A connection that ends inside the headers yields a 200 with whatever header lines arrived
+    and an empty body, which botocore parses into a response with nothing in it."""
+    headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+    if "content-length" not in headers and "transfer-encoding" not in headers:
+        raise _incomplete(op, where, "Content-Length")
+    for name in fields:
+        if resp.get(name) is None:
+            raise _incomplete(op, where, name)
+    modified = resp.get("LastModified")
+    if isinstance(modified, datetime) and modified.tzinfo is None:
+        # An HTTP date always ends in "GMT"; without it, Last-Modified was cut mid-value
+        # ("Tue, 3" parses as a plausible, wrong date).
+        raise _incomplete(op, where, "whole Last-Modified")
 
 
 _loader_lock = threading.Lock()
@@ -239,13 +278,19 @@ def _etag(value: str | None) -> str | None:
     return value.strip('"') if value else None
 
 
-def _total_size(content_range: str | None, fallback: int) -> int:
-    """Whole-object size from a `Content-Range: bytes a-b/total` header."""
-    if content_range and "/" in content_range:
-        total = content_range.rsplit("/", 1)[1].strip()
-        if total.isdigit():
-            return int(total)
-    return fallback
+def _range_total(content_range: str | None, start: int, length: int) -> int | None:
+    """The whole object's size from `Content-Range: bytes a-b/total`, if the header names
+    exactly the `length` bytes from `start`; None when it does not (or is missing)."""
+    if not content_range:
+        return None
+    unit, _, spec = content_range.strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        return None
+    if int(first) != start or int(last) - int(first) + 1 != length or int(last) >= int(total):
+        return None
+    return int(total)
 
 
 def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
@@ -304,6 +349,8 @@ class S3Storage:
         self.options = options
         self._checksum_mode = options.s3_checksum_mode
         self._list_v1 = options.extra.get("s3_list_version") == "1"
+        # Entries per listing page (S3's MaxKeys; the server's default, 1000, when unset).
+        self._page_size = int(options.extra.get("list_page_size", 0))
         # Some providers allow fewer parts (Scaleway: 1000), FIELD-NOTES §2 row 22.
         self._max_parts = int(options.extra.get("s3_max_parts", S3_MAX_PARTS))
         config = Config(
@@ -389,7 +436,7 @@ class S3Storage:
     def _put_single(self, key: str, body: bytes, meta: dict[str, str], if_absent: bool) -> None:
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
-            self._client.put_object(
+            resp = self._client.put_object(
                 Bucket=self.bucket,
                 Key=self._key(key),
                 Body=body,
@@ -399,6 +446,7 @@ class S3Storage:
             )
         except SDK_ERRORS as exc:
             raise map_error(exc, "put", self._where(key)) from exc
+        _check_response(resp, "put", self._where(key), "ETag")
 
     def _executor(self) -> ThreadPoolExecutor:
         # Created on first multipart upload so that opening a repository stays cheap. Twice
@@ -437,12 +485,15 @@ class S3Storage:
         part_size = self._part_size(size_hint)
         crc = self._checksum_mode == "when_supported"
         create_extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if crc else {}
+        op = "put (create multipart upload)"
         try:
-            upload_id = self._client.create_multipart_upload(
+            created = self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=full, Metadata=meta, **create_extra
-            )["UploadId"]
+            )
         except SDK_ERRORS as exc:
-            raise map_error(exc, "put (create multipart upload)", where) from exc
+            raise map_error(exc, op, where) from exc
+        _check_response(created, op, where, "UploadId")
+        upload_id = created["UploadId"]
 
         # The head buffer is consumed first, then the rest of the stream.
         head_io = io.BytesIO(head)
@@ -496,8 +547,9 @@ class S3Storage:
                 futures.append(fut)
             parts = [f.result() for f in futures]  # re-raises the first part failure
             complete_extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+            op = "put (complete multipart upload)"
             try:
-                self._client.complete_multipart_upload(
+                completed = self._client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=full,
                     UploadId=upload_id,
@@ -505,7 +557,8 @@ class S3Storage:
                     **complete_extra,
                 )
             except SDK_ERRORS as exc:
-                raise map_error(exc, "put (complete multipart upload)", where) from exc
+                raise map_error(exc, op, where) from exc
+            _check_response(completed, op, where, "ETag")
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -533,6 +586,7 @@ class S3Storage:
             )
         except SDK_ERRORS as exc:
             raise map_error(exc, f"put (part {number})", where) from exc
+        _check_response(resp, f"put (part {number})", where, "ETag")
         part: CompletedPartTypeDef = {"ETag": resp["ETag"], "PartNumber": number}
         if "ChecksumCRC32" in resp:
             part["ChecksumCRC32"] = resp["ChecksumCRC32"]
@@ -567,10 +621,23 @@ class S3Storage:
             raise map_error(exc, "get", where) from exc
         except SDK_ERRORS as exc:
             raise map_error(exc, "get", where) from exc
-        length = resp.get("ContentLength", 0)
+        try:
+            _check_response(resp, "get", where, "ContentLength", "ETag", "LastModified")
+            length = int(resp["ContentLength"])
+            # A ranged body must be the range asked for (clipped at the object's end); its
+            # Content-Range also gives the whole object's size.
+            total = _range_total(resp.get("ContentRange"), start, length) if extra else length
+            if total is None or (end is not None and start + length > end):
+                raise TransientStorageError(
+                    f"S3 get {where} failed: incomplete response (asked for "
+                    f"{extra['Range']}, got Content-Range {resp.get('ContentRange')!r})"
+                )
+        except BaseException:
+            resp["Body"].close()
+            raise
         info = ObjectInfo(
             key=key,
-            size=_total_size(resp.get("ContentRange"), length),
+            size=total,
             metadata=dict(resp.get("Metadata", {})),
             etag=_etag(resp.get("ETag")),
             modified=resp.get("LastModified"),
@@ -586,9 +653,10 @@ class S3Storage:
             if isinstance(err, ObjectNotFoundError):
                 self._check_bucket(exc)
             raise err from exc
+        _check_response(resp, "head", self._where(key), "ContentLength", "ETag", "LastModified")
         return ObjectInfo(
             key=key,
-            size=resp.get("ContentLength", 0),
+            size=int(resp["ContentLength"]),
             metadata=dict(resp.get("Metadata", {})),
             etag=_etag(resp.get("ETag")),
             modified=resp.get("LastModified"),
@@ -622,25 +690,32 @@ class S3Storage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects under `prefix`, one LIST page at a time, without per-object metadata."""
+        return self.list_after(prefix, "")
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` whose key sorts after `after` (S3's StartAfter/Marker)."""
         # "pg/main" must not match "pg/main2/…": the repository prefix always ends with "/".
         full_prefix = self._key(prefix)
         where = f"s3://{self.bucket}/{full_prefix}"
         token: str | None = None
+        base: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        if self._page_size:
+            base["MaxKeys"] = self._page_size
         while True:
             try:
                 if self._list_v1:
-                    kw: dict[str, Any] = {"Marker": token} if token else {}
-                    resp: Mapping[str, Any] = self._client.list_objects(
-                        Bucket=self.bucket, Prefix=full_prefix, **kw
-                    )
+                    marker = token or (self._key(after) if after else None)
+                    kw: dict[str, Any] = {"Marker": marker} if marker else {}
+                    resp: Mapping[str, Any] = self._client.list_objects(**base, **kw)
                 else:
-                    kw = {"ContinuationToken": token} if token else {}
-                    resp = self._client.list_objects_v2(
-                        Bucket=self.bucket, Prefix=full_prefix, **kw
-                    )
+                    if token:
+                        kw = {"ContinuationToken": token}
+                    else:
+                        kw = {"StartAfter": self._key(after)} if after else {}
+                    resp = self._client.list_objects_v2(**base, **kw)
             except SDK_ERRORS as exc:
                 raise map_error(exc, "list", where) from exc
-            contents: list[ObjectTypeDef] = resp.get("Contents", [])
+            contents = self._page(resp, where)
             for obj in contents:
                 yield ObjectInfo(
                     key=self._relative(obj["Key"]),
@@ -662,6 +737,20 @@ class S3Storage:
             if not truncated or not token:
                 return
 
+    def _page(self, resp: Mapping[str, Any], where: str) -> Sequence[ObjectTypeDef]:
+        """The entries of one listing page, which must be a whole ListBucketResult: it names
+        the bucket, and every entry has a key and a size."""
+        _check_response(resp, "list", where, "Name")
+        if resp["Name"] != self.bucket:
+            raise TransientStorageError(
+                f"S3 list {where} failed: malformed response (a listing of {resp['Name']!r})"
+            )
+        contents: Sequence[ObjectTypeDef] = resp.get("Contents", [])
+        for obj in contents:
+            if obj.get("Key") is None or obj.get("Size") is None:
+                raise _incomplete("list", where, "Key and Size in every entry")
+        return contents
+
     # --- delete -----------------------------------------------------------------------------
 
     def delete_many(self, keys: Iterable[str]) -> None:
@@ -676,6 +765,7 @@ class S3Storage:
                 )
             except SDK_ERRORS as exc:
                 raise map_error(exc, f"delete ({len(batch)} keys)", where) from exc
+            _check_response(resp, f"delete ({len(batch)} keys)", where)
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 first = errors[0]

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -99,6 +100,10 @@ def stubbed() -> Iterator[Stubbed]:
         yield st, stub
         stub.assert_no_pending_responses()
     st.close()
+
+
+# What a real response always carries and the backend checks for (Stubber adds no headers).
+WHOLE = {"ResponseMetadata": {"HTTPStatusCode": 200, "HTTPHeaders": {"content-length": "0"}}}
 
 
 def _md5(data: bytes) -> str:
@@ -206,7 +211,10 @@ def test_delete_many_per_key_errors(stubbed: Stubbed) -> None:
     st, stub = stubbed
     stub.add_response(
         "delete_objects",
-        {"Errors": [{"Key": "pg/main/b", "Code": "AccessDenied", "Message": "Access Denied"}]},
+        {
+            "Errors": [{"Key": "pg/main/b", "Code": "AccessDenied", "Message": "Access Denied"}],
+            **WHOLE,
+        },
         {
             "Bucket": "bkt",
             "Delete": {"Objects": [{"Key": "pg/main/a"}, {"Key": "pg/main/b"}], "Quiet": True},
@@ -220,7 +228,7 @@ def test_delete_many_per_key_errors(stubbed: Stubbed) -> None:
 def test_delete_many_batches_of_1000(stubbed: Stubbed) -> None:
     st, stub = stubbed
     for _ in range(3):
-        stub.add_response("delete_objects", {}, {"Bucket": "bkt", "Delete": ANY})
+        stub.add_response("delete_objects", dict(WHOLE), {"Bucket": "bkt", "Delete": ANY})
     st.delete_many(f"k{i}" for i in range(2001))
     st.delete_many([])  # no request at all
 
@@ -229,7 +237,7 @@ def test_multipart_abort_on_part_failure() -> None:
     """A failed part aborts the upload and surfaces the part's own error, not the abort's."""
     st = _offline(max_concurrency=1)  # serial, so the stubbed call order is deterministic
     with Stubber(st._client) as stub:
-        stub.add_response("create_multipart_upload", {"UploadId": "u1"}, None)
+        stub.add_response("create_multipart_upload", {"UploadId": "u1", **WHOLE}, None)
         stub.add_client_error("upload_part", "SlowDown", http_status_code=503)
         # The abort itself fails too: logged, never masking the part error.
         stub.add_client_error(
@@ -572,3 +580,173 @@ def test_moto_multipart_failure_leaves_nothing(moto: S3Storage) -> None:
     uploads = st._client.list_multipart_uploads(Bucket=st.bucket).get("Uploads", [])
     assert uploads == []
     st.close()
+
+
+# --- incomplete responses are transient, never an empty object or listing ---------------------
+
+
+@pytest.fixture
+def cut_headers(moto: S3Storage) -> Iterator[S3Storage]:
+    """`moto`'s bucket reached through the fault proxy, every response cut inside its headers
+    ("HTTP/1.1 200 OK\\r\\nServer: x\\r\\nDate: W", then the connection closes)."""
+    from tests.conftest import load_faultproxy
+
+    moto.put("wal/a", b"hello world", metadata={"k": "v"})
+    endpoint = moto.options.s3_endpoint_url or ""
+    with load_faultproxy().FaultProxy(endpoint, rate=1.0, kinds=["cut-headers"]) as proxy:
+        st = _moto_storage(proxy.url, moto.bucket, "pg/main", read_timeout=5)
+        yield st
+        st.close()
+        assert proxy.counts["cut-headers"] > 0
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda st: st.get("wal/a").read(),
+        lambda st: st.get("wal/a", start=2, end=5).read(),
+        lambda st: st.head("wal/a"),
+        lambda st: list(st.list("wal/")),
+        lambda st: list(st.list_after("wal/", "wal/")),
+        lambda st: st.put("wal/b", b"x"),
+        lambda st: st.put("wal/c", b"x", if_absent=True),
+        lambda st: st.delete_many(["wal/zz"]),
+    ],
+    ids=["get", "ranged-get", "head", "list", "list-after", "put", "put-if-absent", "delete"],
+)
+def test_a_response_cut_in_its_headers_is_transient(cut_headers: S3Storage, operation: Any) -> None:
+    """http.client takes the end of the stream for the end of the headers: 200, no length, no
+    body. Believing it would read an object as empty, a listing as empty, a write as done."""
+    with pytest.raises(TransientStorageError, match=r"incomplete|malformed"):
+        operation(cut_headers)
+
+
+def test_multipart_upload_through_cut_headers_is_transient(moto: S3Storage) -> None:
+    from tests.conftest import load_faultproxy
+
+    endpoint = moto.options.s3_endpoint_url or ""
+    for only in (r"^POST .*uploads", r"^PUT .*partNumber", r"^POST .*uploadId"):
+        with load_faultproxy().FaultProxy(
+            endpoint, rate=1.0, kinds=["cut-headers"], only=only
+        ) as proxy:
+            st = _moto_storage(proxy.url, moto.bucket, "pg/main", multipart_threshold=5 * MiB)
+            with pytest.raises(TransientStorageError, match="incomplete"):
+                st.put("big", os.urandom(6 * MiB))
+            st.close()
+            assert proxy.counts["cut-headers"] == 1, only
+
+
+class _RawServer:
+    """A one-response-per-connection HTTP server on 127.0.0.1 answering every request with
+    the same raw bytes (a real socket, so botocore's own parsing runs)."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    buf += data
+                conn.sendall(self.response)
+                conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("response", "operation"),
+    [
+        # cut in the middle of Last-Modified: botocore's timestamp parser raises ValueError,
+        # or (cut later) parses what is left as a plausible, wrong date
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: "e"\r\nLast-Modified: W', "head"),
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: "e"\r\nLast-Modified: Tue, 3', "head"),
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: "e"\r\nLast-Modified: W', "get"),
+        # a complete-looking 200 without the object's identity (ETag)
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+            b"Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\nabc",
+            "get",
+        ),
+        # the range returned is not the one asked for (bytes=2-4)
+        (
+            b'HTTP/1.1 206 Partial Content\r\nContent-Length: 3\r\nETag: "e"\r\n'
+            b"Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n"
+            b"Content-Range: bytes 0-2/10\r\n\r\nabc",
+            "ranged-get",
+        ),
+        # a ranged request answered without a Content-Range
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: "e"\r\n'
+            b"Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\nabc",
+            "ranged-get",
+        ),
+        # a listing page without the fields every ListBucketResult carries
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 70\r\n\r\n"
+            b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>",
+            "list",
+        ),
+    ],
+    ids=[
+        "head-cut-timestamp",
+        "head-cut-date",
+        "get-cut-timestamp",
+        "get-no-etag",
+        "wrong-range",
+        "no-range",
+        "list-malformed",
+    ],
+)
+def test_malformed_responses_are_transient(response: bytes, operation: str) -> None:
+    server = _RawServer(response)
+    st = _moto_storage(server.url, "bkt", "pg/main", read_timeout=2, connect_timeout=2)
+    try:
+        with pytest.raises(TransientStorageError):
+            if operation == "head":
+                st.head("k")
+            elif operation == "get":
+                st.get("k").read()
+            elif operation == "ranged-get":
+                st.get("k", start=2, end=5).read()
+            else:
+                list(st.list(""))
+    finally:
+        st.close()
+        server.close()
+
+
+def test_list_after_and_page_size(moto: S3Storage) -> None:
+    keys = [f"wal/{i:03d}" for i in range(25)]
+    for key in keys:
+        moto.put(key, b"x")
+    st = _moto_storage(
+        moto.options.s3_endpoint_url or "", moto.bucket, "pg/main", extra={"list_page_size": "10"}
+    )
+    pages = _count_calls(st, "ListObjectsV2")
+    assert [o.key for o in st.list("wal/")] == keys
+    assert len(pages) == 3
+    assert [o.key for o in st.list_after("wal/", "wal/013")] == keys[14:]
+    v1 = _moto_storage(
+        moto.options.s3_endpoint_url or "",
+        moto.bucket,
+        "pg/main",
+        extra={"list_page_size": "10", "s3_list_version": "1"},
+    )
+    assert [o.key for o in v1.list_after("wal/", "wal/013")] == keys[14:]
+    assert [o.key for o in v1.list("wal/")] == keys
+    st.close()
+    v1.close()
