@@ -79,7 +79,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     operation_timeout: float = 300.0
-    max_attempts: int = 5
+    max_attempts: int = 100  # a cap; by default operation_timeout ends retrying first
     multipart_threshold: int = 64 * 1024 * 1024
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
