@@ -24,7 +24,7 @@ import os
 import posixpath
 import stat
 import tarfile
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
@@ -49,6 +49,7 @@ _META_TYPES = (
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+PENDING_SUFFIX = ".cloudbm-pending"  # a deferred member until the caller puts it in place
 
 
 class SourceLike(Protocol):
@@ -490,6 +491,11 @@ def _parse_pax(raw: bytes) -> dict[str, str]:
     return out
 
 
+def pending_path(path: str | os.PathLike[str]) -> str:
+    """Where TarExtractor writes a deferred member whose final path is `path`."""
+    return os.fspath(path) + PENDING_SUFFIX
+
+
 class TarExtractor:
     """Safe streaming extraction of tar parts under `dest`.
 
@@ -498,7 +504,9 @@ class TarExtractor:
     fails is removed). With `strict`, a member absent from `expected` is refused too.
     `path_map` maps archive paths to filesystem paths (default `dest / path`), e.g. to relocate
     tablespaces. With `fsync`, each file is fsynced as written and, at the end of `extract`,
-    every directory that gained entries.
+    every directory that gained entries. Files named in `deferred` are written under
+    `pending_path(their path)` instead, for the caller to put in place when everything else is
+    (a restore writes the file that makes a directory startable last).
     """
 
     def __init__(
@@ -513,8 +521,10 @@ class TarExtractor:
         skip: Callable[[str], bool] | None = None,
         on_progress: Callable[[int], None] | None = None,
         verify_only: bool = False,
+        deferred: Collection[str] = (),
     ) -> None:
         self.dest = Path(dest)
+        self.deferred = frozenset(deferred)
         # verify_only: check every member against `expected` and write nothing (cloudbm verify).
         self.verify_only = verify_only
         self.skip = skip
@@ -619,6 +629,8 @@ class TarExtractor:
             mtime = expected.mtime if expected is not None else m.mtime
             return FileRecord(rel, "file", m.size, m.mode & 0o777, mtime, None)
         target = self._target(rel)
+        if rel in self.deferred:
+            target = pending_path(target)
         self._prepare_slot(target, rel)
         # O_NOFOLLOW: never write through a link that happens to sit at the member's name.
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC | _O_NOFOLLOW

@@ -20,6 +20,7 @@ from cloudbm.tarstream import (
     TarExtractor,
     TarPartReader,
     _header,
+    pending_path,
     plan_parts,
 )
 
@@ -344,6 +345,22 @@ def test_delta_restore_replaces_files_and_stray_links(tmp_path: Path) -> None:
     assert (tmp_path / "dest/old").read_bytes() == b"new"
     assert not (tmp_path / "dest/link").is_symlink()
     assert (tmp_path / "target").read_bytes() == b"must not change"
+
+
+def test_deferred_member_is_written_under_its_pending_name_only(tmp_path: Path) -> None:
+    """A restore defers global/pg_control: written and checked like any file, but under
+    pending_path() so that the directory is not startable until the caller puts it in place;
+    a failed one leaves nothing behind."""
+    data = _tar((_info("global/pg_control", size=4), b"ctrl"), (_info("base/1", size=1), b"b"))
+    good = FileRecord("global/pg_control", "file", 4, 0o600, 5.0, _sha(b"ctrl"))
+    _extract(tmp_path / "a", data, expected={good.path: good}, deferred={good.path})
+    assert not (tmp_path / "a/global/pg_control").exists()
+    assert Path(pending_path(tmp_path / "a/global/pg_control")).read_bytes() == b"ctrl"
+    assert (tmp_path / "a/base/1").read_bytes() == b"b"
+    bad = FileRecord("global/pg_control", "file", 4, 0o600, 5.0, _sha(b"CTRL"))
+    with pytest.raises(IntegrityError, match="global/pg_control"):
+        _extract(tmp_path / "b", data, expected={bad.path: bad}, deferred={bad.path})
+    assert list((tmp_path / "b/global").iterdir()) == []
 
 
 _SEGMENT = st.text(alphabet="ab_.0123456789ü", min_size=1, max_size=40).filter(
