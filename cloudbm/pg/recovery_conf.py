@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudbm.errors import ConfigError
+
 MARKER = "# cloudbm recover:"
 RECOVERY_KEYS = (
     "restore_command",
@@ -57,7 +59,13 @@ class RecoveryConfig:
 
 
 def quote(value: str) -> str:
-    """A postgresql.conf string literal."""
+    """A postgresql.conf string literal; ConfigError for a value no literal can hold (the
+    file's strings end at a line break, and a NUL ends them early)."""
+    if any(c in value for c in "\n\r\x00"):
+        raise ConfigError(
+            f"{value!r} cannot be written to postgresql.auto.conf: it contains a line break or NUL",
+            hint="give the value on one line",
+        )
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
