@@ -8,10 +8,13 @@ different key source and compression so the whole matrix is covered without repe
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from tests.integration.pgcluster import (
     PgCluster,
     as_postgres,
     chown_tree,
+    free_port,
     postgres_dir,
     running_cluster,
 )
@@ -187,11 +191,14 @@ def test_different_content_under_an_archived_name_is_refused_and_archive_untouch
 ) -> None:
     cluster = archive.cluster
     cluster.wait_archived()
-    first, *_, last = _archived_segments(cluster)
+    first = _archived_segments(cluster)[0]
     original = _sha(cluster.pgdata / "pg_wal" / first)
     impostor_dir = archive.workdir / "impostor" / "pg_wal"
     impostor_dir.mkdir(parents=True)
-    shutil.copy(cluster.pgdata / "pg_wal" / last, impostor_dir / first)  # same cluster, wrong bytes
+    # The same cluster and the same first page (so the name checks pass), other bytes after it.
+    changed = bytearray((cluster.pgdata / "pg_wal" / first).read_bytes())
+    changed[len(changed) // 2] ^= 0x01
+    (impostor_dir / first).write_bytes(bytes(changed))
     chown_tree(archive.workdir / "impostor")
     res = archive.cloudbm("wal-push", str(impostor_dir / first), config=archive.push_config)
     assert res.returncode == 5, res.stderr
@@ -332,3 +339,238 @@ def test_wrong_key_fails_with_integrity_status(archive: Archive) -> None:
     assert res.returncode > 125, (res.returncode, res.stderr)
     assert "key" in res.stderr
     assert not (archive.cluster.pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+# --- wal-push accepts only what the name says (issue 9, defect 3) ----------------------------
+
+
+@contextmanager
+def _repository(archive: Archive) -> Iterator[Any]:
+    """The archive's repository, opened in this process with the fetch configuration."""
+    from cloudbm.commands.context import open_repository
+    from cloudbm.config import load_settings
+
+    saved = dict(os.environ)
+    os.environ.update(archive.target.env)
+    try:
+        repo = open_repository(load_settings(config_path=str(archive.fetch_config)))
+        try:
+            yield repo
+        finally:
+            repo.storage.close()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if archive.backend == "local":
+            chown_tree(archive.workdir / "repo")  # what root wrote, postgres must read
+
+
+def _remove(archive: Archive, *names: str) -> None:
+    """Delete objects a test planted (or that a defect let in), so later tests see a clean
+    archive."""
+    from cloudbm.commands.wal_layout import wal_key
+    from cloudbm.pg import walnames
+
+    with _repository(archive) as repo:
+        repo.storage.delete_many([wal_key(walnames.parse(n)) for n in names])
+
+
+def _impostor(archive: Archive, tag: str, name: str, data: bytes) -> Path:
+    """`data` as pg_wal/`name` in a directory of its own (not the cluster's pg_wal)."""
+    directory = archive.workdir / f"impostor-{tag}" / "pg_wal"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_bytes(data)
+    chown_tree(directory.parent)
+    return directory / name
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("00000009.history", b"this is not a timeline history\n"),
+        ("00000005.history", b"7\t0/3000000\tno recovery target specified\n"),
+    ],
+    ids=["not-a-history", "parent-after-its-child"],
+)
+def test_a_history_file_that_is_not_one_is_refused_and_nothing_stored(
+    archive: Archive, name: str, data: bytes
+) -> None:
+    path = _impostor(archive, "history", name, data)
+    try:
+        res = archive.cloudbm("wal-push", str(path), config=archive.push_config)
+        assert res.returncode == 5, (res.returncode, res.stderr)
+        assert name in res.stderr
+        config = archive.isolated_fetch_config("history-refused")
+        fetched = archive.cloudbm("wal-fetch", name, "pg_wal/RECOVERYHISTORY", config=config)
+        assert fetched.returncode == 1, fetched.stderr
+    finally:
+        _remove(archive, name)
+
+
+@pytest.mark.parametrize("wrong", ["later-segment", "other-timeline"])
+def test_a_real_segment_under_another_name_is_refused_and_nothing_stored(
+    archive: Archive, wrong: str
+) -> None:
+    from cloudbm.pg import walnames
+
+    archive.cluster.wait_archived()
+    source = _archived_segments(archive.cluster)[-1]
+    parsed = walnames.parse(source)
+    if wrong == "later-segment":
+        number = walnames.segment_number(parsed, 1 << 20) + 40
+        name = walnames.from_number(parsed.timeline, number, 1 << 20)
+    else:  # a timeline no history file explains
+        name = walnames.segment_name(0x3E, parsed.log, parsed.seg)
+    data = (archive.cluster.pgdata / "pg_wal" / source).read_bytes()
+    path = _impostor(archive, "segment", name, data)
+    try:
+        res = archive.cloudbm("wal-push", str(path), config=archive.push_config)
+        assert res.returncode == 5, (res.returncode, res.stderr)
+        assert name in res.stderr
+        fetched = archive.cloudbm(
+            "wal-fetch", name, "pg_wal/RECOVERYXLOG", config=archive.isolated_fetch_config("seg")
+        )
+        assert fetched.returncode == 1, fetched.stderr
+    finally:
+        _remove(archive, name)
+
+
+def test_wal_verify_names_a_bad_history_and_a_misnamed_segment_already_archived(
+    archive: Archive,
+) -> None:
+    """Objects an earlier cloudbm let in (stored with the metadata it wrote then) are named
+    for what they are, and the misnamed segment is not taken for the end of a gap."""
+    from cloudbm.commands.wal_layout import wal_key
+    from cloudbm.pg import walnames
+
+    cluster = archive.cluster
+    cluster.wait_archived()
+    segments = _archived_segments(cluster)
+    last = walnames.parse(segments[-1])
+    bad_history = "0000003F.history"
+    misnamed = walnames.from_number(1, walnames.segment_number(last, 1 << 20) + 3, 1 << 20)
+    holds = segments[0]
+    with _repository(archive) as repo:
+        params = repo.encode_params(wal=True)
+        repo.put_bytes(
+            wal_key(walnames.parse(bad_history)),
+            b"this is not a timeline history\n",
+            metadata={"cloudbm-kind": "history", "cloudbm-switches": ""},
+            params=params,
+        )
+        repo.put_bytes(
+            wal_key(walnames.parse(misnamed)),
+            (cluster.pgdata / "pg_wal" / holds).read_bytes(),
+            metadata={"cloudbm-kind": "segment", "cloudbm-wal-segment-size": str(1 << 20)},
+            params=params,
+        )
+    try:
+        res = archive.cloudbm("--json", "wal-verify")
+        assert res.returncode == 3, res.stdout + res.stderr
+        problems = json.loads(res.stdout)["problems"]
+        assert any(bad_history in p for p in problems), problems
+        assert any(misnamed in p and holds in p for p in problems), problems
+        assert not any("missing" in p for p in problems), problems  # no false gap
+    finally:
+        _remove(archive, bad_history, misnamed)
+    res = archive.cloudbm("--json", "wal-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _wait_replayed(standby: PgCluster, lsn: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if standby.psql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'") == "t":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"standby did not replay up to {lsn}\n{standby.server_log()[-3000:]}")
+
+
+def test_a_promoted_standby_archives_its_new_timeline_and_the_archive_verifies() -> None:
+    """PostgreSQL starts the new timeline's first segment with the parent's pages (their
+    headers carry the parent's timeline): wal-push must accept it, and the .partial of the old
+    timeline, and wal-verify must find the archive sound."""
+    from cloudbm.commands.verify import wal_verify
+    from cloudbm.config import load_settings
+    from cloudbm.pg.walfile import read_segment_header
+
+    workdir = postgres_dir("cloudbm-promote-")
+    (workdir / "repo").mkdir()
+    keys = {"repository": f"file://{workdir / 'repo'}", "compression": "zstd"}
+    primary_config = write_config(
+        workdir / "primary.toml", "main", {**keys, "spool_directory": str(workdir / "spool-p")}
+    )
+    standby_config = write_config(
+        workdir / "standby.toml", "main", {**keys, "spool_directory": str(workdir / "spool-s")}
+    )
+    chown_tree(workdir)
+    standby = PgCluster(postgres_dir("cloudbm-standby-"), free_port())
+    try:
+        with running_cluster(f"{CLOUDBM} --config {primary_config} wal-push %p") as primary:
+            primary.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g")
+            as_postgres(
+                [
+                    str(primary.bin_dir / "pg_basebackup"),
+                    "-h",
+                    str(primary.socket_dir),
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(standby.pgdata),
+                    "-R",
+                    "-X",
+                    "stream",
+                ]
+            )
+            standby.configure(
+                {
+                    **standby.base_settings(),
+                    "archive_command": f"'{CLOUDBM} --config {standby_config} wal-push %p'",
+                }
+            )
+            standby.start()
+            primary.psql("INSERT INTO t SELECT g FROM generate_series(1, 3000) g")
+            _wait_replayed(standby, primary.psql("SELECT pg_current_wal_lsn()"))
+            as_postgres(
+                [str(standby.bin_dir / "pg_ctl"), "-D", str(standby.pgdata), "-w", "promote"]
+            )
+            standby.psql("INSERT INTO t SELECT g FROM generate_series(1, 3000) g")
+            standby.wait_archived()
+            failed = standby.psql("SELECT failed_count FROM pg_stat_archiver")
+            assert failed == "0", standby.server_log()[-3000:]
+
+            pg_wal = standby.pgdata / "pg_wal"
+            first = min(p.name for p in pg_wal.iterdir() if p.name.startswith("00000002000"))
+            header = read_segment_header(pg_wal.joinpath(first).read_bytes(), first)
+            assert header.timeline == 1  # what PostgreSQL wrote: the parent's page
+            wal = workdir / "repo" / "wal"
+            assert (wal / "00000002.history").exists()
+            assert (wal / first[:16] / first).exists()
+            partial = f"00000001{first[8:]}.partial"
+            assert (wal / partial[:16] / partial).exists()
+
+            # Pushed again from a directory without the history: the archived one places it.
+            elsewhere = workdir / "elsewhere" / "pg_wal"
+            elsewhere.mkdir(parents=True)
+            shutil.copy(pg_wal / first, elsewhere / first)
+            chown_tree(workdir / "elsewhere")
+            res = as_postgres(
+                [str(CLOUDBM), "--config", str(standby_config), "wal-push", str(elsewhere / first)],
+                check=False,
+            )
+            assert res.returncode == 0, res.stderr
+
+            res = as_postgres(
+                [str(CLOUDBM), "--config", str(standby_config), "--json", "wal-verify"],
+                check=False,
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert set(json.loads(res.stdout)["timelines"]) == {"1", "2"}
+            deep = wal_verify(load_settings(config_path=str(standby_config)), deep=True)
+            assert deep["ok"] and not deep["unchecked"], deep
+    finally:
+        standby.stop("immediate")
+        shutil.rmtree(standby.base, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
