@@ -151,3 +151,29 @@ def test_a_backup_history_file_must_match_its_name(repo: Repository, pg_wal: Pat
     with pytest.raises(IntegrityError, match="START WAL LOCATION"):
         _push(repo, pg_wal, "000000010000000000000009.00000060.backup", data)
     assert not _stored(repo, "000000010000000000000009.00000060.backup")
+
+
+def test_the_background_pusher_refuses_the_same_files_and_leaves_them_to_postgresql(
+    repo: Repository, pg_wal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudbm.commands import wal_push_ahead
+    from cloudbm.commands.wal_spool import Markers, spool_root
+
+    monkeypatch.setattr(wal_push_ahead, "IDLE_EXIT_SECONDS", 0.1)
+    files = {
+        "000000010000000000000009": _segment(1, 0x900000),
+        "0000000A.history": b"this is not a timeline history\n",
+        "00000001000000000000000B": _segment(1, 0x500000),  # segment 5's WAL
+    }
+    (pg_wal / "archive_status").mkdir()
+    for name, data in files.items():
+        (pg_wal / name).write_bytes(data)
+        (pg_wal / "archive_status" / f"{name}.ready").touch()
+    settings = repo.settings
+    wal_push_ahead.push_ahead(settings, pg_wal)
+    markers = Markers(spool_root(settings.spool_directory, settings.server, settings.repository))
+    assert _stored(repo, "000000010000000000000009")
+    assert markers.exists("000000010000000000000009")
+    for refused in ("0000000A.history", "00000001000000000000000B"):
+        assert not _stored(repo, refused)
+        assert markers.failed(refused)  # PostgreSQL's own call uploads it and reports why
