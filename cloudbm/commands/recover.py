@@ -1,27 +1,32 @@
 """`cloudbm recover [ID] DEST`: rebuild a data directory from a backup and configure PITR.
 
-Order: resolve the backup, authenticate its summary against the encrypted recovery object,
-check DEST and tablespace directories, check that the archive holds every WAL segment from the
-backup's start to the target (timeline-aware) — all before writing anything — then download,
-authenticate, decompress and extract the parts in parallel, verifying each file's size and
-SHA-256, then write backup_label, tablespace_map, the recovery settings and one signal file, and
-fsync everything written.
+Order: check the target's syntax, resolve the backup, authenticate its summary against the
+encrypted recovery object, check DEST and tablespace directories, check that the target lies
+within what the backup and the archive can reach and that the archive holds every WAL segment
+from the backup's start to the target (timeline-aware) — all before writing anything — then
+download, authenticate, decompress and extract the parts in parallel, verifying each file's size
+and SHA-256, then write backup_label, tablespace_map, the recovery settings and one signal file,
+fsync everything written, and only then put global/pg_control in place: until that last rename
+the directory cannot be started (PostgreSQL needs pg_control), so an interrupted recover never
+leaves a cluster that would replay from the wrong checkpoint; `--delta` completes it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudbm.catalog import (
     DONE,
@@ -32,7 +37,7 @@ from cloudbm.catalog import (
 from cloudbm.commands.catalogue import load_catalogue
 from cloudbm.commands.context import open_repository
 from cloudbm.commands.progress import Progress, human_bytes
-from cloudbm.commands.wal_layout import WAL_PREFIX, wal_key
+from cloudbm.commands.wal_layout import WAL_PREFIX
 from cloudbm.config import Settings
 from cloudbm.errors import (
     CheckFailed,
@@ -41,15 +46,48 @@ from cloudbm.errors import (
     NotFoundError,
 )
 from cloudbm.logs import log
-from cloudbm.pg import timeline, walnames
+from cloudbm.pg import recovery_target, timeline, walnames
 from cloudbm.pg.recovery_conf import (
     RecoveryConfig,
     RecoveryTarget,
     write_private_file,
     write_recovery,
 )
+from cloudbm.pg.recovery_conf import settings as recovery_settings
+from cloudbm.pg.recovery_target import Reach
 from cloudbm.repository import Repository
-from cloudbm.tarstream import FileRecord, TarExtractor
+from cloudbm.tarstream import FileRecord, TarExtractor, pending_path
+
+if TYPE_CHECKING:
+    from cloudbm.storage.base import ObjectInfo
+
+CONTROL_FILE = "global/pg_control"  # written last: its presence makes a directory startable
+# Errors of the local filesystem (DEST full, read-only, not ours...), as opposed to the network
+# errors an SDK may let through: those are the storage layer's to report.
+_LOCAL_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.ENOTEMPTY,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EMLINK,
+        errno.EFBIG,
+        errno.EXDEV,
+        errno.EBUSY,
+        errno.ETXTBSY,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -101,53 +139,48 @@ class HashingStream:
         self._inner.close()
 
 
-def _choose_backup(entries: list[BackupEntry], options: RecoverOptions) -> BackupEntry:
-    if options.backup_id:
-        entry = resolve(entries, options.backup_id)
+def _choose_backup(
+    entries: list[BackupEntry], backup_id: str | None, target: RecoveryTarget
+) -> BackupEntry:
+    """The backup named, or with none the newest DONE backup that can reach a time or LSN
+    target (for other targets, the newest)."""
+    if backup_id is not None:
+        entry = resolve(entries, backup_id)
         if entry.status != DONE or entry.manifest is None:
             raise CheckFailed(
                 f"backup {entry.backup_id} is {entry.status}, not DONE: it cannot be restored",
                 hint="choose a DONE backup ('cloudbm backup-list')",
             )
         return entry
-    finished = [e for e in entries if e.status == DONE and e.manifest is not None]
-    t = options.target
-    if t.time is not None:
-        when = _parse_target_time(t.time)
-        finished = [e for e in finished if e.manifest is not None and e.manifest.end <= when]
-        if not finished:
-            raise NotFoundError(
-                f"no DONE backup ended before {t.time}",
-                hint="choose a later target, or an older backup explicitly",
-            )
-    elif t.lsn is not None:
-        target_lsn = walnames.parse_lsn(t.lsn)
-        finished = [
-            e
-            for e in finished
-            if e.manifest is not None and walnames.parse_lsn(e.manifest.stop_lsn) <= target_lsn
-        ]
-        if not finished:
-            raise NotFoundError(f"no DONE backup ended before LSN {t.lsn}")
+    finished = [e.manifest for e in entries if e.status == DONE and e.manifest is not None]
+    finished.sort(key=lambda m: (m.begin_time, m.backup_id))
     if not finished:
         raise NotFoundError("there is no DONE backup", hint="run 'cloudbm backup-push'")
-    return finished[-1]
-
-
-def _parse_target_time(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.strip().replace(" ", "T", 1).replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--target-time {text!r} is not a timestamp",
-            hint="use ISO 8601 with a time zone, e.g. 2026-11-22 10:15:00+00",
-        ) from None
-    if value.tzinfo is None:
-        raise ConfigError(
-            f"--target-time {text!r} has no time zone",
-            hint="add one (e.g. +00): PostgreSQL would otherwise read it in its own time zone",
-        )
-    return value
+    if target.time is not None:
+        when = recovery_target.parse_time(target.time)
+        fit = [m for m in finished if recovery_target.earliest_time(m.end) <= when]
+        if not fit:
+            first = min(finished, key=lambda m: m.end)
+            earliest = recovery_target.format_time(recovery_target.earliest_time(first.end))
+            raise CheckFailed(
+                f"no DONE backup ended before --target-time {target.time}: the earliest "
+                f"reachable time is {earliest} (backup {first.backup_id})",
+                hint="choose a later target",
+            )
+        finished = fit
+    elif target.lsn is not None:
+        lsn = recovery_target.parse_lsn(target.lsn)
+        fit = [m for m in finished if walnames.parse_lsn(m.stop_lsn) <= lsn]
+        if not fit:
+            first = min(finished, key=lambda m: walnames.parse_lsn(m.stop_lsn))
+            raise CheckFailed(
+                f"no DONE backup ended before --target-lsn {target.lsn}: the earliest "
+                f"reachable LSN is {first.stop_lsn} (backup {first.backup_id})",
+                hint="choose a later target",
+            )
+        finished = fit
+    chosen = finished[-1]
+    return next(e for e in entries if e.manifest is chosen)
 
 
 def recovery_object(repo: Repository, manifest: Manifest) -> dict[str, Any]:
@@ -162,7 +195,16 @@ def recovery_object(repo: Repository, manifest: Manifest) -> dict[str, Any]:
             hint="the repository was modified; run 'cloudbm verify'",
         )
     raw = decode_bytes(stored, name=manifest.recovery_key, keyring=repo.keyring())
-    doc: dict[str, Any] = json.loads(raw)
+    try:
+        doc: dict[str, Any] = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:  # authenticated, so written this way: say so, never crash
+        raise IntegrityError(
+            f"{manifest.recovery_key} of backup {manifest.backup_id} is not a recovery "
+            f"object: {exc}",
+            hint="restore another backup; run 'cloudbm verify'",
+        ) from None
     if doc.get("manifest_sha256") != manifest.canonical_sha256():
         raise IntegrityError(
             f"the manifest of backup {manifest.backup_id} was altered after it was written",
@@ -205,56 +247,142 @@ def _tablespace_locations(manifest: Manifest, options: RecoverOptions) -> dict[i
     return out
 
 
-def _histories(repo: Repository, names: set[str]) -> dict[int, list[timeline.Switch]]:
-    out: dict[int, list[timeline.Switch]] = {}
-    for name in sorted(n for n in names if n.endswith(".history")):
-        raw, _ = repo.get_bytes(wal_key(walnames.parse(name)))
-        out[walnames.parse(name).timeline] = timeline.parse_history(raw.decode())
+def _wal_listing(repo: Repository) -> dict[str, ObjectInfo]:
+    """The archive's WAL files by name (anything else under wal/ is not ours to judge here)."""
+    out: dict[str, ObjectInfo] = {}
+    for info in repo.storage.list(WAL_PREFIX):
+        name = info.key.rsplit("/", 1)[-1]
+        if walnames.is_wal_name(name):
+            out[name] = info
     return out
 
 
-def check_wal(repo: Repository, manifest: Manifest, target: RecoveryTarget) -> tuple[int, int]:
-    """Every segment from the backup's start to the target must be archived (following the
-    timeline history to the target timeline). Returns (target timeline, segments checked)."""
-    archived = {info.key.rsplit("/", 1)[-1] for info in repo.storage.list(WAL_PREFIX)}
-    histories = _histories(repo, archived)
+def _history(repo: Repository, tli: int, info: ObjectInfo) -> list[timeline.Switch]:
+    """The switch points of timeline `tli`, from the one history file recovery along it reads
+    (PostgreSQL reads the target timeline's only: it lists every ancestor)."""
+    raw, _ = repo.get_bytes(info.key)
+    try:
+        # The reason column may be in any server encoding (restore point names): only the
+        # ASCII fields are read, so no decoding error can be taken for a bad file.
+        switches = timeline.parse_history(raw.decode("utf-8", errors="surrogateescape"))
+        problem = recovery_target.history_problem(tli, [(s.parent, s.lsn) for s in switches])
+    except ValueError as exc:
+        switches, problem = [], str(exc)
+    if problem:
+        raise IntegrityError(
+            f"{repo.storage.url}/{info.key} is not a valid history of timeline {tli}: {problem}",
+            hint=f"recovery along timeline {tli} needs it (PostgreSQL would refuse it too); "
+            "put a good copy in place, or choose another timeline with --target-tli",
+        )
+    return switches
+
+
+def _target_timeline(
+    repo: Repository, manifest: Manifest, goal: str, listing: dict[str, ObjectInfo]
+) -> tuple[int, dict[int, list[timeline.Switch]]]:
+    """The timeline recovery follows and its history, checked to lead on from the backup."""
     start = walnames.parse_lsn(manifest.start_lsn)
-    stop = walnames.parse_lsn(manifest.stop_lsn)
-    size = manifest.wal_segment_size
-    if target.timeline == "latest":
-        # As PostgreSQL does: the newest timeline in the archive, reachable or not.
-        tli = max([manifest.timeline, *histories])
-        if not timeline.reachable(manifest.timeline, start, tli, histories):
+    if goal == "current":
+        tli = manifest.timeline
+    elif goal == "latest":
+        # As PostgreSQL does: probe the history files after the backup's timeline, one by one.
+        tli = manifest.timeline
+        while walnames.history_name(tli + 1) in listing:
+            tli += 1
+    else:
+        tli = int(goal)
+        if tli != manifest.timeline and walnames.history_name(tli) not in listing:
+            raise NotFoundError(
+                f"timeline {tli} has no history file ({walnames.history_name(tli)}) in the archive",
+                hint="choose an archived timeline or 'latest'",
+            )
+    histories: dict[int, list[timeline.Switch]] = {}
+    info = listing.get(walnames.history_name(tli))
+    if tli > 1 and info is not None:
+        histories[tli] = _history(repo, tli, info)
+    if not timeline.reachable(manifest.timeline, start, tli, histories):
+        if goal == "latest":
             raise CheckFailed(
                 f"the newest timeline in the archive, {tli}, branched off before backup "
                 f"{manifest.backup_id} started, so PostgreSQL could not follow it",
                 hint="pass --target-tli with the timeline to recover along (e.g. current)",
             )
-    elif target.timeline == "current":
-        tli = manifest.timeline
-    else:
-        tli = int(target.timeline)
-        if tli != manifest.timeline and tli not in histories:
-            raise NotFoundError(
-                f"timeline {tli} has no history file ({walnames.history_name(tli)}) in the archive",
-                hint="choose an archived timeline or 'latest'",
-            )
-        if not timeline.reachable(manifest.timeline, start, tli, histories):
-            raise CheckFailed(
-                f"timeline {tli} branched off before backup {manifest.backup_id} started",
-                hint="choose an older backup for that timeline",
-            )
-    # Consistency needs start..stop; the target may need more.
+        raise CheckFailed(
+            f"timeline {tli} does not lead on from backup {manifest.backup_id} (timeline "
+            f"{manifest.timeline} at {manifest.start_lsn}): it branched off before the backup "
+            "started",
+            hint="choose an older backup for that timeline",
+        )
+    return tli, histories
+
+
+def _reach(
+    manifest: Manifest,
+    tli: int,
+    histories: dict[int, list[timeline.Switch]],
+    listing: dict[str, ObjectInfo],
+    segments: set[str],
+) -> Reach:
+    """What recovery along `tli` can reach: up to the newest archived segment on the path."""
+    size = manifest.wal_segment_size
+    start = walnames.parse_lsn(manifest.start_lsn)
+    path, _ = timeline.needed_segments(start, None, tli, histories, size, segments)
+    present = [n for n in path if n in segments] or [manifest.stop_wal]
+    newest = present[-1]
+    uploads = [listing[n].modified if n in listing else None for n in present]
+    latest_upload = None
+    if uploads and all(u is not None for u in uploads):
+        latest_upload = max(_aware(u) for u in uploads if u is not None)
+    number = walnames.segment_number(walnames.parse(newest), size)
+    return Reach(
+        backup_id=manifest.backup_id,
+        timeline=tli,
+        earliest_lsn=walnames.parse_lsn(manifest.stop_lsn),
+        earliest_time=recovery_target.earliest_time(manifest.end),
+        latest_lsn=(number + 1) * size,
+        latest_segment=newest,
+        latest_upload=latest_upload,
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def check_wal(
+    repo: Repository, manifest: Manifest, target: RecoveryTarget
+) -> tuple[int, int, Reach]:
+    """The target must lie within what the backup and the archive can reach, and every segment
+    from the backup's start to the target must be archived (following the timeline history to
+    the target timeline). Returns (target timeline, segments checked, reach)."""
+    listing = _wal_listing(repo)
+    segments = {n for n in listing if walnames.is_segment_name(n)}
+    tli, histories = _target_timeline(repo, manifest, target.timeline, listing)
+    start = walnames.parse_lsn(manifest.start_lsn)
+    stop = walnames.parse_lsn(manifest.stop_lsn)
+    size = manifest.wal_segment_size
+    # Consistency needs start..stop: without it nothing at all is reachable.
+    consistency, gaps = timeline.needed_segments(start, stop, manifest.timeline, {}, size, segments)
+    _refuse_gaps(manifest, gaps)
+    reach = _reach(manifest, tli, histories, listing, segments)
+    problem = recovery_target.unreachable(target, reach)
+    if problem:
+        raise CheckFailed(
+            f"{problem}; {reach.explain()}",
+            hint="nothing was written; choose a target in that range, or another backup",
+        )
+    # Bounded by the reach: a target LSN lies before the end of the archive.
     end_lsn: int | None = None
     if target.immediate:
         end_lsn = stop
     elif target.lsn is not None:
-        end_lsn = max(walnames.parse_lsn(target.lsn), stop)
-    names, gaps = timeline.needed_segments(start, end_lsn, tli, histories, size, archived)
-    consistency, cgaps = timeline.needed_segments(
-        start, stop, manifest.timeline, {}, size, archived
-    )
-    gaps = cgaps + [g for g in gaps if g not in cgaps]
+        end_lsn = max(recovery_target.parse_lsn(target.lsn), stop)
+    names, gaps = timeline.needed_segments(start, end_lsn, tli, histories, size, segments)
+    _refuse_gaps(manifest, gaps)
+    return tli, len(set(names) | set(consistency)), reach
+
+
+def _refuse_gaps(manifest: Manifest, gaps: list[timeline.WalGap]) -> None:
     if gaps:
         listed = "; ".join(str(g) for g in gaps[:5])
         more = f" and {len(gaps) - 5} more gaps" if len(gaps) > 5 else ""
@@ -264,7 +392,6 @@ def check_wal(repo: Repository, manifest: Manifest, target: RecoveryTarget) -> t
             hint="nothing was written; restore the missing segments or choose another backup "
             "or target",
         )
-    return tli, len(set(names) | set(consistency))
 
 
 def _default_restore_command(settings: Settings, options: RecoverOptions) -> str:
@@ -282,24 +409,62 @@ def _shell_quote(value: str) -> str:
 
 def recover(settings: Settings, options: RecoverOptions) -> RecoverResult:
     """Restore a backup into options.dest and configure recovery."""
+    target = recovery_target.normalise(options.target)  # before any I/O: usage errors first
+    backup_id = options.backup_id
+    if backup_id is not None and not backup_id.strip():
+        raise ConfigError(
+            f"the backup id {backup_id!r} is empty",
+            hint="give a backup id, latest or oldest ('cloudbm backup-list'), or leave it out "
+            "to let the target choose",
+        )
+    restore_command = options.restore_command or _default_restore_command(settings, options)
+    config = RecoveryConfig(restore_command, target, options.standby, options.archive_mode_off)
+    recovery_settings(config)  # every value PostgreSQL will read, checked before any I/O
     repo = open_repository(settings)
     try:
-        return _recover(settings, repo, options)
+        return _recover(settings, repo, options, config)
     finally:
         repo.storage.close()
 
 
-def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> RecoverResult:
-    entry = _choose_backup(load_catalogue(repo), options)
+@contextmanager
+def _writing(roots: list[Path]) -> Iterator[None]:
+    """Report the local filesystem refusing a write under `roots` (DEST full, read-only, not
+    ours) as the usage error it is, not as a crash. Errors naming other files, and network
+    errors an SDK let through, are not ours to reword."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _LOCAL_ERRNOS:
+            raise
+        if exc.filename is not None:
+            name = os.path.abspath(os.fsdecode(exc.filename))
+            if not any(name == str(r) or name.startswith(f"{r}/") for r in roots):
+                raise
+        where = f" {os.fsdecode(exc.filename)}" if exc.filename is not None else ""
+        raise ConfigError(
+            f"cannot write the restored cluster{where}: {exc.strerror or exc}",
+            hint="free space or fix permissions, then run the same recover with --delta "
+            "(the directory cannot be started until a recover completes)",
+        ) from exc
+
+
+def _recover(
+    settings: Settings, repo: Repository, options: RecoverOptions, config: RecoveryConfig
+) -> RecoverResult:
+    """Every check, then the restore; nothing is written before the checks pass."""
+    entry = _choose_backup(load_catalogue(repo), options.backup_id, config.target)
     manifest = entry.manifest
     assert manifest is not None
     recovery = recovery_object(repo, manifest)
     dest = options.dest.absolute()
-    _check_empty(dest, "destination", options)
     locations = _tablespace_locations(manifest, options)
-    for oid, location in locations.items():
-        _check_empty(location, f"tablespace {oid} directory", options)
-    target_tli, wal_checked = check_wal(repo, manifest, options.target)
+    roots = [dest, *locations.values()]
+    with _writing(roots):
+        _check_empty(dest, "destination", options)
+        for oid, location in locations.items():
+            _check_empty(location, f"tablespace {oid} directory", options)
+    target_tli, wal_checked, reach = check_wal(repo, manifest, config.target)
     log.info(
         "recovering backup %s (%s) into %s; WAL %s onward is in the archive",
         manifest.backup_id,
@@ -307,66 +472,22 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
         dest,
         manifest.start_wal,
     )
-
-    def path_of(rel: str) -> Path:
-        if rel.startswith("pg_tblspc/"):
-            parts = rel.split("/", 2)
-            oid = int(parts[1])
-            if oid in locations:
-                return locations[oid] / parts[2] if len(parts) > 2 else locations[oid]
-        return dest / rel
-
+    log.debug("%s", reach.explain())
     records, by_part = all_records(repo, manifest)
-    kept: set[str] = set()
-    removed = 0
-    if options.delta and dest.exists():
-        kept, removed = _delta_scan(dest, locations, records, path_of, settings.jobs)
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(dest, 0o700)
-    for location in locations.values():
-        location.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    total = sum(r.size for p, r in records.items() if r.kind == "file" and p not in kept)
-    progress = Progress(f"recover {manifest.backup_id}", total, enabled=options.progress)
-    phase = time.monotonic()
-    written = _extract_parts(
-        repo, manifest, records, by_part, kept, dest, path_of, progress, settings.jobs
-    )
-    progress.finish()
-    log.info(
-        "restored %d files (%s) in %.1fs, each checked against the manifest",
-        written[0],
-        human_bytes(written[1]),
-        time.monotonic() - phase,
-    )
-
-    # pg_tblspc/<oid> -> location, and a tablespace_map consistent with it.
-    tblspc = dest / "pg_tblspc"
-    tblspc.mkdir(mode=0o700, exist_ok=True)
-    for oid, location in locations.items():
-        link = tblspc / str(oid)
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        elif link.is_dir():
-            shutil.rmtree(link)
-        os.symlink(location, link)
-    label_path = dest / "backup_label"
-    write_private_file(label_path, str(recovery["backup_label"]))
-    map_path = dest / "tablespace_map"
-    if locations:
-        write_private_file(map_path, "".join(f"{oid} {loc}\n" for oid, loc in locations.items()))
-    else:
-        map_path.unlink(missing_ok=True)
-    restore_command = options.restore_command or _default_restore_command(settings, options)
-    target = options.target
-    note = f"written by cloudbm recover of backup {manifest.backup_id}"
-    write_recovery(
-        dest,
-        RecoveryConfig(restore_command, target, options.standby, options.archive_mode_off),
-        note,
-    )
-    _fsync_tree(dest, locations)
+    if records.get(CONTROL_FILE) is None or records[CONTROL_FILE].kind != "file":
+        raise IntegrityError(
+            f"backup {manifest.backup_id} has no {CONTROL_FILE}",
+            hint="it cannot be restored; restore another backup",
+        )
+    with _writing(roots):
+        kept, removed, written = _restore(
+            settings, repo, options, manifest, records, by_part, dest, locations
+        )
+        _configure(options, config, manifest, recovery, dest, locations)
+        # Last: until pg_control is in place the directory cannot be started.
+        _install_control(dest, manifest.backup_id)
     prefetching = _prefetch_ahead(settings, options, manifest.start_wal, dest)
+    target = config.target
     kind = target.kind()
     return RecoverResult(
         backup_id=manifest.backup_id,
@@ -384,9 +505,113 @@ def _recover(settings: Settings, repo: Repository, options: RecoverOptions) -> R
             "action": target.action,
         },
         start_command=f"pg_ctl -D {dest} start  # with the binaries of {manifest.pg_version}",
-        restore_command=restore_command,
+        restore_command=config.restore_command,
         prefetching=prefetching,
     )
+
+
+def _restore(
+    settings: Settings,
+    repo: Repository,
+    options: RecoverOptions,
+    manifest: Manifest,
+    records: dict[str, FileRecord],
+    by_part: dict[str, list[str]],
+    dest: Path,
+    locations: dict[int, Path],
+) -> tuple[set[str], int, tuple[int, int]]:
+    """Extract the parts into DEST (pg_control under its pending name); returns (archive
+    paths kept by --delta, files removed, (files written, bytes written))."""
+
+    def path_of(rel: str) -> Path:
+        if rel.startswith("pg_tblspc/"):
+            parts = rel.split("/", 2)
+            oid = int(parts[1]) if parts[1].isdecimal() else None
+            if oid in locations:
+                return locations[oid] / parts[2] if len(parts) > 2 else locations[oid]
+        return dest / rel
+
+    kept: set[str] = set()
+    removed = 0
+    if options.delta and dest.exists():
+        kept, removed = _delta_scan(dest, locations, records, path_of, settings.jobs)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    _withdraw_control(dest, kept)
+    for location in locations.values():
+        location.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    total = sum(r.size for p, r in records.items() if r.kind == "file" and p not in kept)
+    progress = Progress(f"recover {manifest.backup_id}", total, enabled=options.progress)
+    phase = time.monotonic()
+    written = _extract_parts(
+        repo, manifest, records, by_part, kept, dest, path_of, progress, settings.jobs
+    )
+    progress.finish()
+    log.info(
+        "restored %d files (%s) in %.1fs, each checked against the manifest",
+        written[0],
+        human_bytes(written[1]),
+        time.monotonic() - phase,
+    )
+    return kept, removed, written
+
+
+def _configure(
+    options: RecoverOptions,
+    config: RecoveryConfig,
+    manifest: Manifest,
+    recovery: dict[str, Any],
+    dest: Path,
+    locations: dict[int, Path],
+) -> None:
+    """Tablespace links, backup_label, tablespace_map, recovery settings and signal file, all
+    durable on return."""
+    # pg_tblspc/<oid> -> location, and a tablespace_map consistent with it.
+    tblspc = dest / "pg_tblspc"
+    tblspc.mkdir(mode=0o700, exist_ok=True)
+    for oid, location in locations.items():
+        link = tblspc / str(oid)
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        os.symlink(location, link)
+    write_private_file(dest / "backup_label", str(recovery["backup_label"]))
+    map_path = dest / "tablespace_map"
+    if locations:
+        write_private_file(map_path, "".join(f"{oid} {loc}\n" for oid, loc in locations.items()))
+    else:
+        map_path.unlink(missing_ok=True)
+    note = f"written by cloudbm recover of backup {manifest.backup_id}"
+    write_recovery(dest, config, note)
+    _fsync_tree(dest, locations)
+
+
+def _withdraw_control(dest: Path, kept: set[str]) -> None:
+    """Before anything is written, make sure DEST holds no global/pg_control until the end: a
+    pg_control the delta scan kept is moved to its pending name, any other is removed."""
+    control = dest / CONTROL_FILE
+    pending = Path(pending_path(control))
+    if CONTROL_FILE in kept:
+        os.replace(control, pending)
+    else:
+        control.unlink(missing_ok=True)
+    if control.parent.is_dir():
+        _fsync_dir(control.parent)
+
+
+def _install_control(dest: Path, backup_id: str) -> None:
+    """The last write of a recover: pg_control in place, once everything else is durable."""
+    control = dest / CONTROL_FILE
+    pending = Path(pending_path(control))
+    if not pending.is_file():
+        raise IntegrityError(
+            f"backup {backup_id}'s {CONTROL_FILE} was not restored",
+            hint="run the same recover with --delta",
+        )
+    os.replace(pending, control)
+    _fsync_dir(control.parent)
 
 
 PREFETCH_WAIT_FIRST = 120.0  # how long the worker recover starts waits for PostgreSQL
@@ -428,7 +653,13 @@ def all_records(
         from cloudbm.codec.envelope import decode_bytes
 
         raw = decode_bytes(stored, name=part.files_key, keyring=repo.keyring())
-        return [FileRecord(**json.loads(line)) for line in raw.decode().splitlines()]
+        try:
+            return [FileRecord(**json.loads(line)) for line in raw.decode().splitlines()]
+        except (ValueError, TypeError) as exc:  # authenticated: written this way
+            raise IntegrityError(
+                f"{repo.storage.url}/{part.files_key} is not a file list: {exc}",
+                hint="restore another backup; run 'cloudbm verify'",
+            ) from None
 
     records: dict[str, FileRecord] = {}
     by_part: dict[str, list[str]] = {}
@@ -515,6 +746,7 @@ def _extract_parts(
             path_map=path_of,
             skip=lambda rel: rel in kept,
             on_progress=progress.add,
+            deferred=(CONTROL_FILE,),
         )
         try:
             try:
@@ -554,14 +786,14 @@ def _fsync_tree(dest: Path, locations: dict[int, Path]) -> None:
     """fsync every directory of the restored tree (files were fsynced as written)."""
     for root in [dest, *locations.values()]:
         for dirpath, _dirnames, _files in os.walk(root):
-            fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(Path(dirpath))
     for parent in {dest.parent, *(p.parent for p in locations.values())}:
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

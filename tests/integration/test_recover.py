@@ -10,11 +10,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.backup_checks import open_repo
 from tests.integration.pgcluster import CLOUDBM as CLOUDBM_BIN
 from tests.integration.pgcluster import PgCluster, as_postgres, chown_tree, postgres_dir
 from tests.integration.recovery import snapshot, start_recovered, wait_promoted
@@ -43,7 +45,7 @@ class History:
         args = [
             "--json",
             "recover",
-            *([backup] if backup else []),
+            *([backup] if backup is not None else []),
             str(dest),
             "--tablespace",
             f"ts:{self.restores / (name + '-ts')}",
@@ -338,6 +340,74 @@ def test_corrupted_part_stops_recovery_naming_the_object(damaged: History) -> No
         part.write_bytes(original)
 
 
+def _settled(root: Path, quiet: float = 1.5, timeout: float = 60) -> None:
+    """Wait until nothing under `root` has changed for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, float] = (-1, 0.0)
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        state = (len(files), max((p.stat().st_mtime for p in files), default=0.0))
+        if state != last:
+            last, since = state, time.monotonic()
+        elif files and time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{root} did not settle")
+
+
+def test_killed_recover_leaves_nothing_startable_and_delta_completes_it(
+    damaged: History,
+) -> None:
+    """Part 1 stalls (a FIFO nobody writes stands in for it) while every other part, global/
+    pg_control's among them, extracts; then recover is killed. The directory must hold no
+    global/pg_control: started by hand with a signal file, it would replay from the wrong
+    checkpoint. `recover --delta` into it then completes it, and the cluster has the data."""
+    import os
+    import signal
+
+    part = _repo_dir(damaged) / "backups" / damaged.backup_id / "data" / "part-00001"
+    assert part.with_name("part-00002").exists()  # pg_control is in another part
+    moved = part.with_name("part-00001.away")
+    part.rename(moved)
+    os.mkfifo(part)
+    dest = damaged.restores / "killed"
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **damaged.site.target.env}
+    command = [
+        *("runuser", "-u", "postgres", "--", "env", *(f"{k}={v}" for k, v in env.items())),
+        *(str(CLOUDBM_BIN), "--config", str(damaged.site.config), "recover", str(dest)),
+        *("--tablespace", f"ts:{damaged.restores / 'killed-ts'}", "--no-progress"),
+        *("--jobs", "32"),  # every part at once: pg_control's is written while part 1 stalls
+    ]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _settled(dest)
+        assert proc.poll() is None, "recover ended although part 1 never arrived"
+        assert (dest / "global").is_dir()  # pg_control's part was extracted
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        part.unlink()
+        moved.rename(part)
+    assert not (dest / "global" / "pg_control").exists()
+    res = damaged.recover("killed", "--delta")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["files_kept"] > 0
+    assert (dest / "global" / "pg_control").exists()
+    assert not [p.name for p in (dest / "global").iterdir() if p.name.startswith("pg_control.")]
+    cluster = damaged.start("killed")
+    try:
+        wait_promoted(cluster)
+        assert snapshot(cluster) == damaged.targets["latest"][1]
+    finally:
+        cluster.stop("immediate")
+
+
 def test_wrong_key_is_an_integrity_failure(damaged: History) -> None:
     site = damaged.site
     other = site.workdir / "other.key"
@@ -449,3 +519,120 @@ def test_verify_and_wal_verify_report_a_missing_segment(damaged: History) -> Non
         assert shown["stop_wal"] in res.stdout
     finally:
         moved.rename(victim)
+
+
+# --- every target checked before anything is written (issue 9, defect 2) --------------------
+
+_NAME_64 = "n" * 64  # PostgreSQL's restore point names stop at 63 bytes
+
+
+@pytest.mark.parametrize(
+    ("case", "backup", "args", "code", "words"),
+    [
+        ("no-zone", "ID", ["--target-time", "2026-12-02 04:35:00"], 2, "time zone"),
+        ("not-a-time", "ID", ["--target-time", "yesterday-ish"], 2, "not a timestamp"),
+        ("named-zone", "ID", ["--target-time", "2026-12-02 04:35 Mars/Olympus"], 2, "zone"),
+        ("bad-date", "ID", ["--target-time", "2026-02-30 04:35:00+00"], 2, "not a timestamp"),
+        ("bad-lsn", "ID", ["--target-lsn", "zz/yy"], 2, "not a WAL location"),
+        ("bad-xid", "ID", ["--target-xid", "12abc"], 2, "not a transaction id"),
+        ("special-xid", "ID", ["--target-xid", "2"], 2, "not a transaction id"),
+        ("empty-name", "ID", ["--target-name", ""], 2, "empty"),
+        ("long-name", "ID", ["--target-name", _NAME_64], 2, "63"),
+        ("tli-word", "ID", ["--target-tli", "newest"], 2, "--target-tli"),
+        ("tli-zero", "ID", ["--target-tli", "0"], 2, "--target-tli"),
+        ("tli-unicode-digit", "ID", ["--target-tli", "\u00b2"], 2, "--target-tli"),
+        ("action-alone", "ID", ["--target-action", "promote"], 2, "--target-action"),
+        ("exclusive-name", "ID", ["--target-name", "x", "--exclusive"], 2, "--exclusive"),
+        ("empty-id", "", [], 2, "backup id"),
+        ("blank-id", "  ", [], 2, "backup id"),
+        ("time-before-backup", "ID", ["--target-time", "2001-01-01 00:00:00+00"], 3, "before"),
+        ("time-after-archive", "ID", ["--target-time", "TOMORROW"], 3, "newest"),
+        ("lsn-before-backup", "ID", ["--target-lsn", "0/10"], 3, "before"),
+        ("lsn-after-archive", "ID", ["--target-lsn", "1/0"], 3, "beyond"),
+        ("time-before-any-backup", None, ["--target-time", "2001-01-01 00:00:00+00"], 3, "ended"),
+    ],
+)
+def test_bad_or_unreachable_target_is_refused_before_anything_is_written(
+    history: History, case: str, backup: str | None, args: list[str], code: int, words: str
+) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S+00")
+    args = [tomorrow if a == "TOMORROW" else a for a in args]
+    res = history.recover(
+        f"refused-{case}", *args, backup=history.backup_id if backup == "ID" else backup
+    )
+    assert res.returncode == code, res.stdout + res.stderr
+    errors = [line for line in res.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and words in errors[0], res.stderr
+    assert "unexpected" not in res.stderr
+    if code == 3:  # unreachable: the one line says what is possible
+        assert "reachable" in errors[0], errors[0]
+    assert not (history.restores / f"refused-{case}").exists()
+    assert not (history.restores / f"refused-{case}-ts").exists()
+
+
+# --- a malformed history file that recovery does not need (issue 9, defect 3) ----------------
+
+
+def test_recover_survives_a_bad_history_file_it_does_not_need(history: History) -> None:
+    """Garbage stored as 00000009.history (as wal-push used to accept) stops only a recovery
+    along timeline 9, naming the object; recovery along the backup's timeline proceeds."""
+    repo = open_repo(history.site.config)
+    key = "wal/00000009.history"
+    try:
+        repo.put_bytes(key, b"this is not a timeline history\n")
+        chown_tree(_repo_dir(history) / "wal")  # written as root here, read by postgres
+        res = history.recover("bad-history", "--target-immediate", backup=history.backup_id)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["target"]["timeline"] < 9  # as PostgreSQL probes: 2, 3..
+        res = history.recover("bad-history-needed", "--target-tli", "9", backup=history.backup_id)
+        assert res.returncode == 5, res.stderr
+        assert "00000009.history" in res.stderr and "unexpected" not in res.stderr
+        assert not (history.restores / "bad-history-needed").exists()
+    finally:
+        repo.storage.delete_many([key])
+        repo.storage.close()
+
+
+# --- output to a closed pipe (issue 9, defect 10) -------------------------------------------
+
+
+def _to_closed_pipe(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run cloudbm as postgres with stdout a pipe nobody reads (as `cloudbm ... | head` after
+    head has exited)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **site.target.env}
+    try:
+        return subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "env",
+                *(f"{k}={v}" for k, v in env.items()),
+                str(CLOUDBM_BIN),
+                "--config",
+                str(site.config),
+                *args,
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["backup-list"], ["--json", "backup-list"], ["backup-show", "latest"], ["wal-verify"]],
+    ids=["backup-list", "backup-list-json", "backup-show", "wal-verify"],
+)
+def test_output_to_a_closed_pipe_ends_quietly(history: History, args: list[str]) -> None:
+    res = _to_closed_pipe(history.site, *args)
+    assert res.returncode == 141, res.stderr  # 128 + SIGPIPE, as the shell reports it
+    assert res.stderr == ""
