@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 # Flags that override configuration keys of the same name.
 FLAG_KEYS = ("repository", "pgdata", "compression", "jobs")
 DEFAULT_FETCH_ERROR_EXIT = 126
+# Output to a pipe whose reader has gone (`cloudbm backup-list | head`): the status a shell
+# reports for a program that SIGPIPE ended (128 + 13), without a word on stderr.
+EXIT_STDOUT_CLOSED = 141
 
 
 # Parsed arguments: an argparse.Namespace, or a SimpleNamespace from parse_hot.
@@ -31,6 +34,32 @@ Args = Any
 
 class _UsageError(Exception):
     pass
+
+
+class _StdoutClosed(Exception):
+    """Standard output is a pipe nobody reads any more (never a storage connection's EPIPE:
+    only writes to sys.stdout raise it)."""
+
+
+def _write(text: str) -> None:
+    """Write to standard output now (not at exit, where a closed pipe can no longer be
+    handled)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _StdoutClosed from None
+
+
+def _detach_stdout() -> None:
+    """Point fd 1 at /dev/null, so that the interpreter's final flush of what is still
+    buffered fails no more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def parse_hot(argv: Sequence[str]) -> SimpleNamespace | None:
@@ -305,9 +334,9 @@ def _emit(args: Args, text: str, data: dict[str, Any]) -> None:
     import json
 
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        _write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     elif text:
-        print(text)
+        _write(text + "\n")
 
 
 def run(args: Args) -> int:
@@ -384,7 +413,7 @@ def run(args: Args) -> int:
         failed = any(not r.ok for rs in results.values() for r in rs)
         if args.nagios:
             text, status = nagios(results)
-            print(text)
+            _write(text + "\n")
             return status
         lines = [r.line(server) for server, rs in results.items() for r in rs]
         _emit(args, "\n".join(lines), {"ok": not failed, "servers": as_json(results)})
@@ -394,19 +423,20 @@ def run(args: Args) -> int:
 
         from cloudbm.commands.check import diagnose
 
-        print(
+        _write(
             json.dumps(
                 diagnose(_each_server(args, "all" if not args.server else None)),
                 indent=2,
                 sort_keys=True,
                 default=str,
             )
+            + "\n"
         )
         return 0
     if command == "metrics":
         from cloudbm.commands.check import metrics
 
-        sys.stdout.write(metrics(_each_server(args, args.target)))
+        _write(metrics(_each_server(args, args.target)))
         return 0
     if command == "retention":
         from cloudbm.commands.retention_cmd import retention
@@ -539,15 +569,12 @@ def _recover(args: Args) -> int:
     if len(args.ids) > 2:
         raise ConfigError("recover takes at most a backup id and a destination")
     backup_id, dest = (args.ids[0], args.ids[1]) if len(args.ids) == 2 else (None, args.ids[0])
-    if backup_id is None and not any(
-        (
-            args.target_time,
-            args.target_xid,
-            args.target_lsn,
-            args.target_name,
-            args.target_immediate,
-        )
-    ):
+    if not dest.strip():
+        raise ConfigError("the destination directory is empty", hint="give DEST")
+    if backup_id is None:
+        _check_lone_destination(dest)
+    targets = (args.target_time, args.target_xid, args.target_lsn, args.target_name)
+    if backup_id is None and not args.target_immediate and all(t is None for t in targets):
         backup_id = "latest"
     spaces: dict[str, str] = {}
     for item in args.tablespace:
@@ -555,8 +582,6 @@ def _recover(args: Args) -> int:
         if not sep or not name or not directory:
             raise ConfigError(f"--tablespace {item!r} is not NAME:DIR")
         spaces[name] = directory
-    if args.target_tli not in ("latest", "current") and not args.target_tli.isdigit():
-        raise ConfigError(f"--target-tli {args.target_tli!r} is not latest, current or a number")
     target = RecoveryTarget(
         time=args.target_time,
         xid=args.target_xid,
@@ -605,6 +630,25 @@ def _recover(args: Args) -> int:
     return 0
 
 
+def _check_lone_destination(dest: str) -> None:
+    """`recover latest` (DEST forgotten) must not restore into ./latest."""
+    import re
+
+    from cloudbm.catalog import LATEST_ALIASES, OLDEST_ALIASES
+    from cloudbm.errors import ConfigError
+
+    if "/" in dest:
+        return
+    if dest.lower() in LATEST_ALIASES + OLDEST_ALIASES or re.fullmatch(
+        r"[0-9]{8}T[0-9]{6}(-[0-9]+)?", dest
+    ):
+        raise ConfigError(
+            f"recover needs a destination directory; {dest!r} looks like a backup id",
+            hint=f"cloudbm recover {dest} DEST (to restore into a directory of that name, "
+            f"write ./{dest})",
+        )
+
+
 def _fetch_error_exit() -> int:
     """Exit status for wal-fetch failures, readable even when the configuration is broken."""
     raw = os.environ.get("CLOUDBM_FETCH_ERROR_EXIT_CODE", "")
@@ -620,9 +664,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"cloudbm: {exc}", file=sys.stderr)
         return _fetch_error_exit() if is_fetch else EXIT_USAGE
+    except SystemExit as done:  # --help, --version: printed, now flush while we can handle it
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _detach_stdout()
+            return EXIT_STDOUT_CLOSED
+        raise done from None
+    except BrokenPipeError:  # parsing touches no storage: this is --help into a closed pipe
+        _detach_stdout()
+        return EXIT_STDOUT_CLOSED
     configure_logs(verbose=args.verbose, quiet=args.quiet, command=args.command)
     try:
         return run(args)
+    except _StdoutClosed:
+        _detach_stdout()
+        return EXIT_STDOUT_CLOSED
     except NotFoundError as exc:
         # For wal-fetch a miss is routine (the end of the archive), not an error.
         if args.command == "wal-fetch":
