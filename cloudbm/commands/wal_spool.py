@@ -1,7 +1,8 @@
 """cloudbm's local WAL state outside pg_wal: push markers, the prefetch spool, worker locks.
 
 Imported on the hot path of every archive_command and restore_command call, so it uses the
-standard library only and nothing that talks to storage.
+standard library only and nothing that talks to storage. Everything here is this user's
+alone: directories 0700, files 0600 whatever the umask.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudbm.fastpath import ask_prefetch, file_identity, private_dir
+from cloudbm.fastpath import ask_prefetch, file_identity, private_dir, write_private
 
 if TYPE_CHECKING:
     import subprocess
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 MARKER_MAX_AGE = 24 * 3600.0
 SPOOL_MAX_AGE = 3600.0
 WORKER_LOG = "worker.log"
+WORKER_LOG_MAX = 1024 * 1024  # then it is rotated to worker.log.1 when a worker starts
 
 
 def spool_root(spool_directory: str, server: str, repository: str) -> Path:
@@ -32,6 +34,26 @@ def spool_root(spool_directory: str, server: str, repository: str) -> Path:
     digest = hashlib.sha256(repository.encode()).hexdigest()[:16]
     private_dir(spool_directory)
     return Path(private_dir(os.path.join(spool_directory, f"{server}-{digest}")))
+
+
+def touch_private(path: Path, when_ns: int | None = None) -> None:
+    """Create `path` (0600) or keep it, and set its times to `when_ns` (time.time_ns(), now by
+    default): the spool's markers carry the worker's own clock, read at nanosecond
+    precision, where the file system's coarser timestamps could order two events wrongly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    now = time.time_ns() if when_ns is None else when_ns
+    os.utime(path, ns=(now, now))
+
+
+def _private_file(path: Path) -> int:
+    """A new, truncated file descriptor for `path`, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def fsync_dir(path: Path) -> None:
@@ -46,7 +68,7 @@ def write_durably(dest: Path, data: bytes) -> None:
     """temp file beside dest, fsync, rename, fsync the directory: never a partial dest."""
     tmp = dest.parent / f".{dest.name}.cloudbm-tmp"
     try:
-        with open(tmp, "wb") as fh:
+        with open(_private_file(tmp), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -73,11 +95,16 @@ def move_durably(src: Path, dest: Path) -> None:
         import shutil
 
         tmp = dest.parent / f".{dest.name}.cloudbm-tmp"
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1024 * 1024)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
+        try:
+            with open(src, "rb") as fin, open(_private_file(tmp), "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1024 * 1024)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         src.unlink()
     fsync_dir(dest.parent)
 
@@ -97,22 +124,38 @@ def lock_is_held(path: Path) -> bool:
     return False
 
 
-def take_lock(path: Path) -> int | None:
-    """The flock on `path` for this process's lifetime, or None if another process has it."""
+def take_lock(path: Path, note: str = "") -> int | None:
+    """The flock on `path` for this process's lifetime, or None if another process has it.
+    `note` replaces the file's content once the lock is ours (what callers may read)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    try:
+        os.fchmod(fd, 0o600)
+        if note:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note.encode(), 0)
+    except OSError:
+        pass  # the lock is what matters; the note and the mode are best effort
     return fd
 
 
 def spawn_worker(root: Path, global_args: list[str], command: list[str]) -> subprocess.Popen[bytes]:
-    """Start a detached cloudbm worker with this interpreter (never from PATH)."""
+    """Start a detached cloudbm worker with this interpreter (never from PATH); its stderr
+    goes to the spool's worker.log (0600, rotated once it passes WORKER_LOG_MAX)."""
     import subprocess
 
-    with open(root / WORKER_LOG, "ab") as log_file:
+    log_path = root / WORKER_LOG
+    with contextlib.suppress(OSError):
+        if log_path.stat().st_size > WORKER_LOG_MAX:
+            os.replace(log_path, root / f"{WORKER_LOG}.1")
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "ab") as log_file:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)
         return subprocess.Popen(
             [sys.executable, "-m", "cloudbm", *global_args, *command],
             stdin=subprocess.DEVNULL,
@@ -143,7 +186,7 @@ class Markers:
 
     def record_failure(self, name: str) -> None:
         """The background pusher could not archive `name`: PostgreSQL's own call must."""
-        (self.failed_dir / name).touch()
+        touch_private(self.failed_dir / name)
 
     def failed(self, name: str) -> bool:
         return (self.failed_dir / name).exists()
@@ -154,9 +197,7 @@ class Markers:
 
     def record(self, name: str, sha256: str, st: os.stat_result) -> None:
         """Two lines: the plaintext SHA-256 and the file's identity (see fastpath)."""
-        tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(f"{sha256}\n{file_identity(st)}\n")
-        os.replace(tmp, self.dir / name)
+        write_private(str(self.dir / name), f"{sha256}\n{file_identity(st)}\n".encode())
 
     def consume(self, name: str, st: os.stat_result) -> bool:
         """True if a marker matches the file as it is now; the marker is removed either way."""
@@ -218,10 +259,14 @@ class Spool:
             d.mkdir(exist_ok=True, mode=0o700)
 
     def take(self, name: str, dest: Path) -> bool:
-        """Move a prefetched `name` to `dest`; False if it is not in the spool."""
+        """Move a prefetched `name` to `dest`; False if it is not in the spool. An error
+        writing `dest` is raised (OSError), and the spooled file then stays where it is."""
+        src = self.ready / name
         try:
-            move_durably(self.ready / name, dest)
+            move_durably(src, dest)
         except FileNotFoundError:
+            if src.exists():
+                raise  # the destination is the problem, not the spool
             return False
         return True
 
@@ -231,7 +276,7 @@ class Spool:
         nothing left to write: that call is what PostgreSQL waits for. The spool directory
         itself is not fsynced: it is a cache every new worker empties first (see clear)."""
         tmp = self.ready / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
+        with open(_private_file(tmp), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -246,38 +291,48 @@ class Spool:
     def has(self, name: str) -> bool:
         return (self.ready / name).exists()
 
-    def want(self, name: str, *, missed: bool = False) -> None:
+    def want(self, name: str, *, missed: bool = False) -> int:
         """Tell the worker what recovery needs now; `missed`: the spool did not have it, so
         a copy the worker delivered earlier was taken already and it must fetch it again
-        (PostgreSQL asks for the last restored segment a second time at promotion)."""
-        ask_prefetch(str(self.root), name, missed)
+        (PostgreSQL asks for the last restored segment a second time at promotion).
+        Returns the request's time (time.time_ns()): answers recorded before it are stale."""
+        return ask_prefetch(str(self.root), name, missed)
 
-    def wanted(self) -> tuple[str | None, float, bool]:
-        """(name, when, missed) recovery asked for last."""
+    def wanted(self) -> tuple[str | None, int, bool]:
+        """(name, when asked as time.time_ns(), missed) recovery asked for last."""
         try:
-            text = self.want_file.read_text()
-            asked = self.want_file.stat().st_mtime
+            with open(self.want_file) as fh:
+                text = fh.read(256)
+                stamp = os.fstat(fh.fileno()).st_mtime_ns
         except FileNotFoundError:
-            return None, 0.0, False
-        name, _, flag = text.partition("\n")
-        return name.strip() or None, asked, flag.strip() == "missed"
+            return None, 0, False
+        name, flag, asked = [*text.split("\n"), "", ""][:3]
+        if asked.strip().isdigit():
+            stamp = int(asked)  # the caller's own clock, finer than the file system's
+        return name.strip() or None, stamp, flag.strip() == "missed"
 
-    def remember_absent(self, name: str, session: str = "any") -> None:
-        (self.absent / f"{name}@{session}").touch()
+    def remember_absent(self, name: str, session: str = "any", when_ns: int | None = None) -> None:
+        """`name` is not in the archive: a 404 for a request sent at `when_ns` (now)."""
+        touch_private(self.absent / f"{name}@{session}", when_ns)
 
     def absent_since(self, name: str, session: str = "any") -> float | None:
         """When `name` was last found missing (for this session), or None."""
+        seen = self.absent_since_ns(name, session)
+        return None if seen is None else seen / 1e9
+
+    def absent_since_ns(self, name: str, session: str = "any") -> int | None:
+        """absent_since, in time.time_ns() units: compare with a request's time."""
         try:
-            return (self.absent / f"{name}@{session}").stat().st_mtime
+            return (self.absent / f"{name}@{session}").stat().st_mtime_ns
         except FileNotFoundError:
             return None
 
     def record_failure(self, name: str) -> None:
         """The worker could not fetch `name` (not a 404): the caller must fetch it itself."""
-        (self.absent / f"{name}@failed").touch()
+        touch_private(self.absent / f"{name}@failed")
 
-    def failed_since(self, name: str) -> float | None:
-        return self.absent_since(name, "failed")
+    def failed_since_ns(self, name: str) -> int | None:
+        return self.absent_since_ns(name, "failed")
 
     def prune_absent(self, ttl: float) -> None:
         now = time.time()
