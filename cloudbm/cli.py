@@ -157,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="download and check every part of a backup and its WAL")
     p.add_argument("backup_id", metavar="ID", help="a backup id, latest/last or oldest/first")
 
-    sub.add_parser("wal-verify", help="gaps and unexpected timelines in the WAL archive")
+    p = sub.add_parser("wal-verify", help="gaps and unexpected timelines in the WAL archive")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="compare every segment's first page with its name (a HEAD or a first-chunk read "
+        "each)",
+    )
 
     p = sub.add_parser(
         "recover",
@@ -501,7 +507,7 @@ def run(args: Args) -> int:
     if command == "wal-verify":
         from cloudbm.commands.verify import wal_verify
 
-        wal_report = wal_verify(_settings(args))
+        wal_report = wal_verify(_settings(args), deep=args.deep)
         lines = [
             f"timeline {t}: {d['first']} .. {d['last']}, {d['segments']} segments, "
             + ("no gaps" if not d["gaps"] else f"{len(d['gaps'])} gap(s)")

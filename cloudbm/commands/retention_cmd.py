@@ -28,7 +28,13 @@ from cloudbm.commands.catalogue import load_catalogue
 from cloudbm.commands.context import open_repository
 from cloudbm.commands.wal_layout import WAL_PREFIX, wal_key
 from cloudbm.config import Settings
-from cloudbm.errors import CheckFailed, ConfigError, NotFoundError, StoragePermissionError
+from cloudbm.errors import (
+    CheckFailed,
+    ConfigError,
+    IntegrityError,
+    NotFoundError,
+    StoragePermissionError,
+)
 from cloudbm.logs import log
 from cloudbm.pg import timeline, walnames
 from cloudbm.repository import Repository
@@ -47,21 +53,27 @@ class Applied:
 
 def _histories(repo: Repository, names: list[str]) -> dict[int, list[timeline.Switch]]:
     """Switch points of every timeline: from the history objects' plain metadata (written by
-    wal-push, so a public-key-only host can plan), else by decoding them."""
+    wal-push, so a public-key-only host can plan), else by decoding them. A history that does
+    not parse stops the plan: which WAL each backup needs depends on it."""
     out: dict[int, list[timeline.Switch]] = {}
     for name in names:
         if not (name.endswith(".history") and walnames.is_wal_name(name)):
             continue
+        tli = walnames.parse(name).timeline
         key = wal_key(walnames.parse(name))
         plain = repo.storage.head(key).metadata.get("cloudbm-switches")
-        if plain is not None:
-            out[walnames.parse(name).timeline] = [
-                timeline.Switch(int(parent), walnames.parse_lsn(lsn))
-                for parent, _, lsn in (item.partition(":") for item in plain.split(",") if item)
-            ]
-            continue
-        raw, _ = repo.get_bytes(key)
-        out[walnames.parse(name).timeline] = timeline.parse_history(raw.decode())
+        try:
+            if plain:
+                out[tli] = timeline.parse_switches(plain, tli)
+            else:
+                raw, _ = repo.get_bytes(key)
+                out[tli] = timeline.read_history(raw, tli)
+        except timeline.HistoryError as exc:
+            raise IntegrityError(
+                f"{repo.storage.url}/{key} is not a valid timeline history: {exc}",
+                hint="run 'cloudbm wal-verify'; retention removes nothing while a timeline's "
+                "history is unknown",
+            ) from None
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pgcluster import postgres_dir
+from tests.integration.pgcluster import chown_tree, postgres_dir
 from tests.integration.recovery import snapshot
 from tests.integration.repos import BACKENDS
 from tests.integration.test_backup_push import Site, make_site
@@ -134,3 +134,23 @@ def test_keep_wins_delete_guards_and_append_only_credentials(monkeypatch: Any) -
         assert site.cloudbm("delete", "latest", "--force").returncode == 0
         assert json.loads(site.cloudbm("--json", "backup-list").stdout)["backups"] == []
         del second
+
+
+def test_a_history_object_that_is_not_a_history_stops_the_plan_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.integration.backup_checks import open_repo
+
+    with make_site("local", None) as site:
+        _backups_with_wal_between(site, 1)
+        _set(site, retention_policy="REDUNDANCY 1")
+        repo = open_repo(site.config)
+        try:  # an object an older wal-push stored without checking it
+            repo.put_bytes("wal/00000005.history", b"this is not a timeline history\n")
+        finally:
+            repo.storage.close()
+        chown_tree(site.workdir)  # planted as root; the server's user must read it
+        res = site.cloudbm("retention", "--dry-run")
+        assert res.returncode == 5, res.stderr
+        assert "wal/00000005.history is not a valid timeline history" in res.stderr
+        assert "unexpected" not in res.stderr

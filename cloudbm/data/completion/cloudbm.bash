@@ -29,6 +29,7 @@ _cloudbm_command_opts() {
             ;;
         keygen) echo "--type" ;;
         check) echo "--nagios" ;;
+        wal-verify) echo "--deep" ;;
     esac
     echo "-h --help"
 }
