@@ -121,3 +121,23 @@ def test_diagnose_masks_secrets_and_metrics_expose_the_backup(healthy: Site) -> 
     assert 'cloudbm_up{server="main"} 1' in metrics.stdout
     assert "# TYPE cloudbm_last_backup_age_seconds gauge" in metrics.stdout
     assert 'cloudbm_backups{server="main",status="DONE"} 1' in metrics.stdout
+
+
+def test_init_creates_a_missing_file_repository_directory(healthy: Site) -> None:
+    # issue 9, defect 10: like pgBackRest's stanza-create, when the parent exists
+    fresh = healthy.workdir / "fresh-repo"
+    config = _variant(healthy, "fresh", "", ('/repo"', '/fresh-repo"'))
+    res = healthy.cloudbm("--config", config, "init")
+    assert res.returncode == 0, res.stderr
+    assert fresh.is_dir() and (fresh.stat().st_mode & 0o777) == 0o700
+    assert (fresh / "cloudbm.json").is_file()
+    again = healthy.cloudbm("--config", config, "init")
+    assert again.returncode == 0 and "already initialised" in again.stdout, again.stderr
+
+
+def test_init_names_a_missing_parent_directory(healthy: Site) -> None:
+    config = _variant(healthy, "orphan", "", ('/repo"', '/no-parent/repo"'))
+    res = healthy.cloudbm("--config", config, "init")
+    assert res.returncode != 0
+    assert str(healthy.workdir / "no-parent") in res.stderr, res.stderr
+    assert not (healthy.workdir / "no-parent").exists()
