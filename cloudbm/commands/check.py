@@ -20,9 +20,9 @@ from cloudbm import __version__
 from cloudbm.catalog import DONE, BackupEntry, parse_iso, utc_now
 from cloudbm.commands.catalogue import load_catalogue
 from cloudbm.commands.context import open_repository
-from cloudbm.commands.wal_layout import WAL_PREFIX
+from cloudbm.commands.wal_layout import WAL_PREFIX, wal_key
 from cloudbm.config import Settings
-from cloudbm.errors import CloudbmError, NotFoundError
+from cloudbm.errors import CloudbmError, NotFoundError, ObjectNotFoundError
 from cloudbm.pg import walnames
 from cloudbm.repository import Repository
 
@@ -73,10 +73,10 @@ def run_checks(settings: Settings) -> list[CheckResult]:
         return [*results, CheckResult("repository reachable", False, str(exc))]
     try:
         results += _repository_checks(settings, repo)
+        if settings.conninfo:
+            results += _postgres_checks(settings, repo)
     finally:
         repo.storage.close()
-    if settings.conninfo:
-        results += _postgres_checks(settings, repo)
     return results
 
 
@@ -159,6 +159,7 @@ def _continuity(settings: Settings) -> str:
 
 def _postgres_checks(settings: Settings, repo: Repository) -> list[CheckResult]:
     from cloudbm.errors import CheckFailed
+    from cloudbm.pg.archiver import archiver_runs_here, check_verdict
     from cloudbm.pg.session import BackupSession
 
     try:
@@ -192,20 +193,34 @@ def _postgres_checks(settings: Settings, repo: Repository) -> list[CheckResult]:
             return f"system identifier {info.system_identifier}, PostgreSQL {info.major}"
 
         def archiver() -> str:
-            (row,) = session.execute(
-                "SELECT archived_count, failed_count, last_archived_wal,"
-                " extract(epoch FROM now() - last_archived_time),"
-                " last_failed_wal, last_failed_time > coalesce(last_archived_time, '-infinity')"
-                " FROM pg_stat_archiver"
-            )
-            archived, failed, last_wal, age, failed_wal, failing = row
-            if failing:
+            if not archiver_runs_here(info.archive_mode, info.in_recovery):
+                return "a standby with archive_mode = on: its primary archives"
+            # Statistics first, then the repository: what PostgreSQL reports archived must
+            # already be stored, so a later look that misses it proves it went elsewhere.
+            stats = session.archiver()
+            last = stats.last_archived_wal
+            in_repository = None
+            if last and walnames.is_wal_name(last):
+                try:
+                    repo.storage.head(wal_key(walnames.parse(last)))
+                    in_repository = True
+                except ObjectNotFoundError:
+                    in_repository = False
+            problem = check_verdict(stats, in_repository, repo.storage.url)
+            if problem:
                 raise CheckFailed(
-                    f"the archiver is failing ({failed} failures, last on {failed_wal})",
-                    hint="see the server log for the cloudbm wal-push error",
+                    problem,
+                    hint="see the server log for the archive_command's error"
+                    if stats.failing
+                    else "set archive_command = 'cloudbm wal-push %p' with this server's "
+                    "configuration; right after a change this clears at the next WAL switch",
                 )
-            age_text = "never" if age is None else f"{float(age):.0f}s ago"
-            return f"{archived} archived, {failed} failed, last {last_wal or '-'} {age_text}"
+            age = stats.last_archived_age
+            age_text = "never" if age is None else f"{age:.0f}s ago"
+            return (
+                f"{stats.archived_count} archived, {stats.failed_count} failed, "
+                f"last {last or '-'} {age_text}"
+            )
 
         for name, fn in (
             ("wal_level", wal_level),

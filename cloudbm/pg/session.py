@@ -16,6 +16,7 @@ from typing import Any
 
 from cloudbm.errors import CheckFailed, ConfigError
 from cloudbm.pg import walnames
+from cloudbm.pg.archiver import ArchiverStats
 
 SUPPORTED_MAJORS = range(13, 19)
 KEEPALIVE_SECONDS = 60.0
@@ -216,6 +217,28 @@ class BackupSession:
             )
         lsn, label, spcmap = rows[0]
         return BackupStop(walnames.parse_lsn(str(lsn)), str(label), str(spcmap or ""))
+
+    def archiver(self) -> ArchiverStats:
+        """pg_stat_archiver and the archive settings in effect now (a reload may change them)."""
+        (row,) = self.execute(
+            "SELECT archived_count, last_archived_wal,"
+            " extract(epoch FROM now() - last_archived_time),"
+            " failed_count, last_failed_wal,"
+            " coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false),"
+            " current_setting('archive_command'),"
+            " coalesce(current_setting('archive_library', true), '')"
+            " FROM pg_stat_archiver"
+        )
+        return ArchiverStats(
+            archived_count=int(row[0]),
+            last_archived_wal=row[1],
+            last_archived_age=None if row[2] is None else float(row[2]),
+            failed_count=int(row[3]),
+            last_failed_wal=row[4],
+            failing=bool(row[5]),
+            archive_command=str(row[6]),
+            archive_library=str(row[7]),
+        )
 
     def switch_wal(self) -> None:
         self.execute("SELECT pg_switch_wal()")
