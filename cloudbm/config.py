@@ -64,6 +64,9 @@ class Settings:
     immediate_checkpoint: bool = True
     bandwidth_limit: int | None = None  # KiB/s
     wal_wait_timeout: float = 600.0
+    # One backup per server: a run's lease in the repository expires this long after its last
+    # heartbeat (a heartbeat every quarter of it), so a dead run blocks no longer (lease.py).
+    backup_lease_ttl: float = 300.0
     pre_backup_script: str | None = None
     post_backup_script: str | None = None
     # retention (docs/retention.md)
@@ -272,6 +275,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "immediate_checkpoint": _bool,
     "bandwidth_limit": _positive_int,
     "wal_wait_timeout": _positive_float,
+    "backup_lease_ttl": _positive_float,
     "retention_policy": _policy,
     "last_backup_maximum_age": _age,
     "append_only": _bool,

@@ -7,17 +7,20 @@ object (backup_label, tablespace_map), manifest.json last. A failed run writes f
 Parts are tar streams built on demand from the data directory, piped through compression and
 encryption straight into storage; `jobs` parts are in flight at once, and global/pg_control is
 read only after every other part is stored.
+
+One backup per server at a time, across hosts, OS users and spool directories: once the checks
+pass, and before a backup id is claimed, the run takes the repository's backup lease
+(cloudbm/lease.py); it holds it to the end, and stops if another run takes it over
+(docs/backup.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,7 +41,7 @@ from cloudbm.catalog import (
     utc_now,
 )
 from cloudbm.commands.catalogue import load_catalogue
-from cloudbm.commands.context import open_repository, spool_dir
+from cloudbm.commands.context import open_repository
 from cloudbm.commands.hooks import run_hook
 from cloudbm.commands.init import initialise_repository
 from cloudbm.commands.progress import Progress, RateLimiter, human_bytes
@@ -51,8 +54,10 @@ from cloudbm.errors import (
     ObjectExistsError,
     StorageError,
 )
+from cloudbm.lease import Lease, LeaseHeldError
 from cloudbm.logs import log
 from cloudbm.pg import datadir, walnames
+from cloudbm.pg.archiver import ArchiverStats, archiver_runs_here, wait_verdict
 from cloudbm.pg.session import BackupSession, ServerInfo, parse_backup_label
 from cloudbm.repository import Repository
 from cloudbm.tarstream import TarPartReader, plan_parts
@@ -60,6 +65,11 @@ from cloudbm.tarstream import TarPartReader, plan_parts
 CONTROL_FILE = "global/pg_control"
 WAL_POLL_SECONDS = 1.0
 WAL_POLL_FIRST = 0.05  # the stop segment usually arrives within a wal-push or two
+# A verdict from pg_stat_archiver (failing, or archiving elsewhere) must hold this long before
+# the wait gives up: it outlasts a statistics delay and a storage blip, not a slow archiver.
+ARCHIVE_VERDICT_GRACE = 3.0
+# How often a long part upload is interrupted to see whether the lease still holds.
+LEASE_CHECK_SECONDS = 1.0
 
 
 MIN_BALANCED_PART = 64 * 1024 * 1024
@@ -73,7 +83,7 @@ def balanced_part_size(configured: int, total: int, jobs: int) -> int:
 
 
 class BackupRunningError(CheckFailed):
-    """Another backup-push of the same server runs on this host."""
+    """Another backup-push of the same server holds the repository's backup lease."""
 
 
 @dataclass(frozen=True)
@@ -123,33 +133,44 @@ class _ProgressReader:
         return True
 
 
-@contextlib.contextmanager
-def _server_lock(settings: Settings) -> Iterator[None]:
-    path = spool_dir(settings) / "backup.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+class ArchiverWatch:
+    """pg_stat_archiver seen from the backup's session, to stop waiting for WAL that will not
+    come (docs/backup.md). Only where this server's own archiver archives."""
+
+    def __init__(self, session: BackupSession, info: ServerInfo) -> None:
+        self.session: BackupSession | None = session
+        if not archiver_runs_here(info.archive_mode, info.in_recovery):
+            self.session = None
+        self.failed_before = 0
+        if self.session is not None:
+            stats = self.stats()
+            self.failed_before = stats.failed_count if stats else 0
+
+    def stats(self) -> ArchiverStats | None:
+        if self.session is None:
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = Path(path).read_text().strip() or "?"
-            raise BackupRunningError(
-                f"another backup-push of server {settings.server!r} is running (pid {other})",
-                hint="wait for it to finish; only one backup per server runs at a time",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        os.close(fd)
+            return self.session.archiver()
+        except CheckFailed as exc:  # the backup may still complete: only stop judging
+            log.warning("cannot read pg_stat_archiver (%s); waiting without it", exc)
+            self.session = None
+            return None
 
 
 class BackupRun:
     """State of one backup-push run."""
 
-    def __init__(self, settings: Settings, repo: Repository, options: BackupOptions) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        options: BackupOptions,
+        lease: Lease | None = None,
+    ) -> None:
         self.settings = settings
         self.repo = repo
         self.options = options
+        self.lease = lease
         self.backup_id = ""
         self.limiter = RateLimiter(
             options.bandwidth_limit if options.bandwidth_limit else settings.bandwidth_limit
@@ -244,25 +265,43 @@ class BackupRun:
         progress.finish()
         return [parts[n] for n in sorted(parts)], size
 
-    @staticmethod
     def _drain(
+        self,
         pending: set[Future[PartInfo]],
         futures: dict[Future[PartInfo], int],
         parts: dict[int, PartInfo],
         until: int,
     ) -> None:
-        """Wait until at most `until` uploads are pending; the first failure is raised."""
+        """Wait until at most `until` uploads are pending; the first failure is raised, and a
+        lost lease stops the run between parts."""
         while len(pending) > until:
-            finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            finished, _ = wait(pending, timeout=LEASE_CHECK_SECONDS, return_when=FIRST_EXCEPTION)
             for fut in finished:
                 pending.discard(fut)
                 parts[futures[fut]] = fut.result()
+            self.check_lease()
+
+    def check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     # -- WAL -----------------------------------------------------------------------------------
 
-    def wait_for_wal(self, first: str, last: str, segment_size: int, timeout: float) -> None:
+    def wait_for_wal(
+        self,
+        first: str,
+        last: str,
+        segment_size: int,
+        timeout: float,
+        watch: ArchiverWatch | None = None,
+    ) -> None:
         """Every segment from `first` to `last` must be in the archive before the backup is
-        DONE (a standby's stop call does not wait; a primary's may be told not to)."""
+        DONE (a standby's stop call does not wait; a primary's may be told not to).
+
+        A transient storage error is a reason to look again, until `timeout`; a permanent one
+        fails at once. `watch` ends the wait early when pg_stat_archiver proves the WAL will
+        not come: the archiver is failing, or it archived past a segment this repository lacks.
+        """
         needed = [first]
         if last != first:
             start = walnames.segment_number(walnames.parse(first), segment_size)
@@ -272,11 +311,40 @@ class BackupRun:
         deadline = time.monotonic() + timeout
         missing = list(needed)
         pause = WAL_POLL_FIRST
+        judged_at: float | None = None
         while True:
-            missing = [n for n in missing if not self._archived(n)]
+            self.check_lease()
+            # Statistics first, then the repository: a segment reported archived must already
+            # be stored, so a later look that misses it proves it went elsewhere.
+            stats = watch.stats() if watch else None
+            missing, failure = self._look(missing)
             if not missing:
                 return
-            if time.monotonic() >= deadline:
+            verdict = None
+            if stats is not None and watch is not None:
+                verdict = wait_verdict(
+                    stats,
+                    failed_before=watch.failed_before,
+                    missing=missing[0],
+                    missing_confirmed=failure is None,
+                    segment_size=segment_size,
+                    repository=self.repo.storage.url,
+                )
+            now = time.monotonic()
+            judged_at = (judged_at or now) if verdict else None
+            if verdict and judged_at is not None and now - judged_at >= ARCHIVE_VERDICT_GRACE:
+                raise CheckFailed(
+                    f"backup {self.backup_id} cannot complete: {verdict}",
+                    hint="fix archive_command (cloudbm wal-push %p with this server's "
+                    "configuration); 'cloudbm check' shows the archiver's state",
+                )
+            if now >= deadline:
+                if failure is not None:
+                    raise type(failure)(
+                        f"WAL {missing[0]} needed by backup {self.backup_id}: the repository "
+                        f"could not be read for {timeout:.0f}s ({failure.message})",
+                        hint=failure.hint,
+                    )
                 raise CheckFailed(
                     f"WAL {missing[0]} (and {len(missing) - 1} more) needed by backup "
                     f"{self.backup_id} did not reach the archive within {timeout:.0f}s",
@@ -286,12 +354,25 @@ class BackupRun:
             time.sleep(pause)
             pause = min(WAL_POLL_SECONDS, pause * 2)
 
-    def _archived(self, name: str) -> bool:
-        try:
-            self.repo.storage.head(wal_key(walnames.parse(name)))
-        except NotFoundError:
-            return False
-        return True
+    def _look(self, missing: list[str]) -> tuple[list[str], StorageError | None]:
+        """The segments of `missing` still absent, and the transient error that cut this look
+        short (None when the repository answered for each)."""
+        for i, name in enumerate(missing):
+            try:
+                self.repo.storage.head(wal_key(walnames.parse(name)))
+            except NotFoundError:
+                return missing[i:], None
+            except StorageError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning(
+                    "backup %s: looking for WAL %s failed (%s); retrying until wal_wait_timeout",
+                    self.backup_id,
+                    name,
+                    exc,
+                )
+                return missing[i:], exc
+        return [], None
 
     # -- small objects -------------------------------------------------------------------------
 
@@ -329,17 +410,38 @@ def _hook_env(
 
 def backup_push(settings: Settings, options: BackupOptions) -> Manifest:
     """Take a base backup; returns the manifest of the DONE backup."""
-    with _server_lock(settings):
-        repo = open_repository(settings)
-        try:
-            return _backup(settings, repo, options)
-        finally:
-            repo.storage.close()
+    repo = open_repository(settings)
+    lease = Lease(
+        repo.storage,
+        "backup",
+        ttl=settings.backup_lease_ttl,
+        server=settings.server,
+        can_delete=not settings.append_only,
+    )
+    try:
+        return _backup(settings, repo, options, lease)
+    finally:
+        lease.release()
+        repo.storage.close()
 
 
-def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Manifest:
+def _take_lease(settings: Settings, lease: Lease) -> None:
+    try:
+        lease.acquire()
+    except LeaseHeldError as exc:
+        raise BackupRunningError(
+            f"another backup-push of server {settings.server!r} is running ({exc.message})",
+            hint="wait for it to finish: one backup per server runs at a time; a run that "
+            "died leaves a lease that "
+            + (exc.hint or "expires after backup_lease_ttl without a heartbeat"),
+        ) from None
+
+
+def _backup(
+    settings: Settings, repo: Repository, options: BackupOptions, lease: Lease | None = None
+) -> Manifest:
     session = BackupSession(settings.conninfo)
-    run = BackupRun(settings, repo, options)
+    run = BackupRun(settings, repo, options, lease)
     started = False
     stopped = False
     previous = ""
@@ -362,6 +464,9 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
                 hint="run backup-push on the database host, with pgdata set",
             )
         repo.key_wrapper()
+        if lease is not None:
+            # Only now, in a repository known to be this cluster's, and before anything starts.
+            _take_lease(settings, lease)
         finished = [e for e in load_catalogue(repo) if e.status == DONE]
         previous = finished[-1].backup_id if finished else ""
         begin = utc_now()
@@ -392,6 +497,7 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
         log.info(
             "backup %s: starting (%s checkpoint)", run.backup_id, "immediate" if fast else "spread"
         )
+        watch = ArchiverWatch(session, info)  # its failure count before the backup began
         phase = time.monotonic()
         start = session.start_backup(label, fast, info)
         started = True
@@ -425,13 +531,15 @@ def _backup(settings: Settings, repo: Repository, options: BackupOptions) -> Man
         if info.in_recovery:
             log.info("backup %s: waiting for %s to reach the archive", run.backup_id, stop_wal)
         phase = time.monotonic()
-        run.wait_for_wal(start_wal, stop_wal, segment_size, settings.wal_wait_timeout)
+        run.wait_for_wal(start_wal, stop_wal, segment_size, settings.wal_wait_timeout, watch)
         log.info(
             "backup %s: WAL up to %s archived %.1fs after the stop",
             run.backup_id,
             stop_wal,
             time.monotonic() - phase,
         )
+        if lease is not None:
+            lease.verify()  # the manifest makes the backup DONE: only while the lease holds
         manifest = _write_manifest(
             run,
             info,

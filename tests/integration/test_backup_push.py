@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,13 @@ class Site:
     workdir: Path
     config: Path
     major: int
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    def variant(self, name: str, **changes: Any) -> Path:
+        """Another configuration file for the same server, with some keys changed."""
+        path = write_config(self.workdir / f"{name}.toml", "main", {**self.keys, **changes})
+        chown_tree(self.workdir)
+        return path
 
     def cloudbm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return as_postgres(
@@ -144,7 +151,7 @@ def make_site(
             cluster.psql("INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
             cluster.psql("CREATE UNLOGGED TABLE scratch (id int)")
             cluster.psql("INSERT INTO scratch SELECT generate_series(1, 1000)")
-            yield Site(cluster, target, workdir, config, major)
+            yield Site(cluster, target, workdir, config, major, keys)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -372,3 +379,236 @@ def test_backup_from_a_standby_waits_for_the_primary_to_archive(env_for: Any) ->
                 repo.storage.close()
         finally:
             standby.stop("immediate")
+
+
+# --- transient storage errors while waiting for WAL (issue 9, defect 6) ----------------------
+
+
+def test_transient_errors_while_waiting_for_wal_are_polled_through(
+    localstack_endpoints: Any, env_for: Any
+) -> None:
+    from tests.integration.faults import start_proxy
+
+    with make_site("s3", localstack_endpoints) as site:
+        # Only backup-push goes through the proxy (the archiver does not): the first 12 HEADs of
+        # WAL objects fail, more than one storage call's five attempts in a row.
+        with start_proxy(
+            "s3",
+            localstack_endpoints,
+            rate=1.0,
+            kinds=["status-503", "reset"],
+            only=r"^HEAD .*/wal/",
+            max_faults=12,
+            seed=6,
+        ) as proxy:
+            # Two attempts per storage call: the wait itself must look again.
+            config = site.variant("proxied", s3_endpoint_url=proxy.url, max_attempts=2)
+            res = site.cloudbm("--config", str(config), "--json", "backup-push", "--no-progress")
+            faults = proxy.faults
+        assert res.returncode == 0, res.stderr
+        assert faults == 12
+        assert "retrying" in res.stderr  # each failed look is logged
+        env_for(site)
+        repo = open_repo(site.config)
+        try:
+            assert load_manifest(repo, json.loads(res.stdout)["backup_id"]).status == "DONE"
+        finally:
+            repo.storage.close()
+
+
+# --- one backup at a time per server, whatever the host or spool (issue 9, defect 7) ---------
+
+
+def _cloudbm_pids(config: Path) -> list[int]:
+    """The cloudbm processes running backup-push with `config` (not their runuser parent,
+    which runs as root)."""
+    out = subprocess.run(
+        ["pgrep", "-u", "postgres", "-f", f"{CLOUDBM} --config {config} backup-push"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return [int(p) for p in out]
+
+
+def _wait_copying(site: Site, proc: subprocess.Popen[str]) -> None:
+    repo_dir = Path(site.target.url.removeprefix("file://"))
+    deadline = time.monotonic() + 60
+    while not list(repo_dir.glob("backups/*/data/part-00001*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backup never started copying"
+        time.sleep(0.1)
+
+
+def test_a_second_backup_with_another_spool_directory_is_refused_naming_the_holder() -> None:
+    import socket
+
+    with make_site("local", None, extra_keys={"bandwidth_limit": 64}) as site:
+        first = site.cloudbm_background("backup-push", "--no-progress")
+        try:
+            _wait_copying(site, first)
+            (pid,) = _cloudbm_pids(site.config)
+            other = site.variant("other-spool", spool_directory=str(site.workdir / "spool2"))
+            second = site.cloudbm(
+                "--config",
+                str(other),
+                "backup-push",
+                "--no-progress",
+                "--bandwidth-limit",
+                "999999",
+            )
+            assert second.returncode == 3, second.stderr
+            assert "another backup-push of server 'main' is running" in second.stderr
+            assert socket.gethostname() in second.stderr and f"pid {pid}" in second.stderr
+            assert first.poll() is None  # the holder is untouched
+        finally:
+            for pid in _cloudbm_pids(site.config):
+                os.kill(pid, signal.SIGKILL)
+            first.wait(timeout=30)
+        # The holder died: on its own host that is known at once, no need to wait for expiry.
+        again = site.cloudbm(
+            "--config",
+            str(other),
+            "--json",
+            "backup-push",
+            "--no-progress",
+            "--bandwidth-limit",
+            "999999",
+        )
+        assert again.returncode == 0, again.stderr
+
+
+def test_a_dead_hosts_stale_lease_is_taken_over_after_its_ttl() -> None:
+    with make_site("local", None, extra_keys={"backup_lease_ttl": 3}) as site:
+        repo_dir = Path(site.target.url.removeprefix("file://"))
+        locks = repo_dir / "locks" / "backup"
+        locks.mkdir(parents=True)
+        # A lease as docs/format.md describes it, from a host that then died.
+        (locks / "lease-0000000001.json").write_text(
+            json.dumps(
+                {
+                    "format_version": 1,
+                    "lease": 1,
+                    "owner": "0" * 32,
+                    "server": "main",
+                    "host": "db-old",
+                    "pid": 4242,
+                    "user": "postgres",
+                    "ttl": 3,
+                    "taken": "2026-01-01T00:00:00Z",
+                    "process": {"boot_id": "elsewhere", "pid_ns": "", "start_ticks": 0},
+                    "cloudbm_version": "0",
+                }
+            )
+        )
+        chown_tree(repo_dir)
+        written = time.monotonic()
+        refused = site.cloudbm("backup-push", "--no-progress")
+        assert refused.returncode == 3, refused.stderr
+        assert "db-old" in refused.stderr and "pid 4242" in refused.stderr
+        time.sleep(max(0.0, written + 3.5 - time.monotonic()))
+        taken = site.cloudbm("--json", "backup-push", "--no-progress")
+        assert taken.returncode == 0, taken.stderr
+        names = sorted(p.name for p in locks.iterdir() if not p.name.endswith(".cbmeta"))
+        # Lease 2 was taken and released; the dead lease 1 was cleaned up.
+        assert names == ["lease-0000000002.json", "lease-0000000002.released"], names
+
+
+def test_a_holder_paused_past_the_ttl_loses_its_lease_and_its_backup_fails() -> None:
+    keys = {"bandwidth_limit": 64, "backup_lease_ttl": 3}
+    with make_site("local", None, extra_keys=keys) as site:
+        other = site.variant("other-spool", spool_directory=str(site.workdir / "spool2"))
+        args = ("--config", str(other), "--json", "backup-push", "--no-progress")
+        fast = ("--bandwidth-limit", "999999")
+        first = site.cloudbm_background("backup-push", "--no-progress")
+        try:
+            _wait_copying(site, first)
+            (pid,) = _cloudbm_pids(site.config)
+            os.kill(pid, signal.SIGSTOP)
+            paused = time.monotonic()
+            assert site.cloudbm(*args, *fast).returncode == 3  # paused, not yet expired
+            time.sleep(max(0.0, paused + 3.5 - time.monotonic()))
+            second = site.cloudbm(*args, *fast)
+            assert second.returncode == 0, second.stderr
+            # runuser stopped itself with its child (as su does): wake both.
+            for stopped in (pid, first.pid):
+                os.kill(stopped, signal.SIGCONT)
+            _, err = first.communicate(timeout=60)
+            assert first.returncode == 3, err
+            assert "lease" in err and "taken over" in err
+        finally:
+            for pid in _cloudbm_pids(site.config):
+                os.kill(pid, signal.SIGKILL)
+            if first.poll() is None:
+                os.kill(first.pid, signal.SIGCONT)
+                first.wait(timeout=30)
+        listed = site.cloudbm("--json", "backup-list")
+        statuses = sorted(b["status"] for b in json.loads(listed.stdout)["backups"])
+        assert statuses == ["DONE", "FAILED"], statuses
+
+
+# --- a mis-set archive_command is found within seconds (issue 9, defect 11) ------------------
+
+
+def _set_archive_command(site: Site, command: str) -> None:
+    quoted = command.replace("'", "''")
+    site.cluster.psql(f"ALTER SYSTEM SET archive_command = '{quoted}'")
+    site.cluster.psql("SELECT pg_reload_conf()")
+
+
+def _timed_backup(site: Site) -> tuple[subprocess.CompletedProcess[str], float]:
+    began = time.monotonic()
+    res = site.cloudbm("backup-push", "--no-progress", timeout=200)
+    return res, time.monotonic() - began
+
+
+def _archiver_line(site: Site) -> str:
+    res = site.cloudbm("check")
+    assert res.returncode == 3, res.stdout + res.stderr
+    (line,) = [row for row in res.stdout.splitlines() if ": archiver: " in row]
+    return line
+
+
+def test_an_archive_command_that_archives_nowhere_fails_the_backup_within_seconds() -> None:
+    with make_site("local", None) as site:  # wal_wait_timeout is 60 s
+        _set_archive_command(site, "true")
+        res, elapsed = _timed_backup(site)
+        assert res.returncode == 3, res.stderr
+        assert "archive_command = 'true'" in res.stderr and "not in" in res.stderr
+        assert elapsed < 20, f"took {elapsed:.1f}s: {res.stderr}"
+        line = _archiver_line(site)
+        assert "archiver: FAILED" in line and "'true'" in line, line
+
+
+def test_a_failing_archiver_fails_the_backup_within_seconds() -> None:
+    with make_site("local", None) as site:
+        _set_archive_command(site, "false")
+        res, elapsed = _timed_backup(site)
+        assert res.returncode == 3, res.stderr
+        assert "archiver is failing" in res.stderr and "archive_command = 'false'" in res.stderr
+        assert elapsed < 20, f"took {elapsed:.1f}s: {res.stderr}"
+
+
+def test_an_archive_command_for_another_repository_fails_the_backup_within_seconds() -> None:
+    with make_site("local", None) as site:
+        elsewhere = site.workdir / "elsewhere"
+        elsewhere.mkdir()
+        other = site.variant("elsewhere", repository=f"file://{elsewhere}")
+        command = f"{CLOUDBM} --config {other} wal-push %p"
+        _set_archive_command(site, command)
+        res, elapsed = _timed_backup(site)
+        assert res.returncode == 3, res.stderr
+        assert f"archive_command = '{command}'" in res.stderr, res.stderr
+        assert elapsed < 20, f"took {elapsed:.1f}s: {res.stderr}"
+        check = site.cloudbm("check")
+        assert "archive_command: OK" in check.stdout  # it looks right: only the archiver tells
+        line = _archiver_line(site)
+        assert "archiver: FAILED" in line and str(other) in line, line
+
+
+def test_a_slow_but_healthy_archiver_is_waited_for() -> None:
+    with make_site("local", None) as site:
+        _set_archive_command(site, f"sleep 3 && {CLOUDBM} --config {site.config} wal-push %p")
+        site.cluster.wait_archived(timeout=60)  # drain what is pending at the slow pace
+        res, elapsed = _timed_backup(site)
+        assert res.returncode == 0, res.stderr
+        assert elapsed > 3  # it did wait for the archiver
