@@ -24,6 +24,7 @@ from cloudbm.errors import (
     NotFoundError,
     ObjectExistsError,
     ObjectNotFoundError,
+    TransientStorageError,
     WrongKeyError,
 )
 from cloudbm.storage.base import ObjectInfo, Storage
@@ -116,6 +117,21 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_whole(storage: Storage, key: str) -> tuple[bytes, ObjectInfo]:
+    """All of `key` and what the response said of it. Fewer (or more) bytes than the object's
+    size are a transient storage error: what gets judged (parsed, decrypted, hashed) is only
+    ever a whole object, so a network fault is never reported as a corrupt one."""
+    with storage.get(key) as reader:
+        blob = reader.read()
+        info = reader.info
+    if len(blob) != info.size:
+        raise TransientStorageError(
+            f"get {storage.url}/{key}: received {len(blob)} of its {info.size} bytes",
+            hint="the network or the storage service cut the download; retry",
+        )
+    return blob, info
+
+
 class Repository:
     """Objects of one server's repository, encoded and decoded through the envelope."""
 
@@ -132,8 +148,7 @@ class Repository:
         """The descriptor; NotFoundError if the repository was never initialised."""
         if self._descriptor is None:
             try:
-                with self.storage.get(DESCRIPTOR_KEY) as reader:
-                    raw = reader.read()
+                raw, _ = read_whole(self.storage, DESCRIPTOR_KEY)
             except ObjectNotFoundError:
                 raise NotFoundError(
                     f"repository {self.storage.url} is not initialised",
@@ -317,9 +332,7 @@ class Repository:
         """Fetch and decode a whole object, verifying the plaintext SHA-256 from metadata."""
         from cloudbm.codec.envelope import decode_bytes
 
-        with self.storage.get(key) as reader:
-            blob = reader.read()
-            info = reader.info
+        blob, info = read_whole(self.storage, key)
         plaintext = decode_bytes(blob, name=key, keyring=self.keyring())
         expected = expected_sha256 or info.metadata.get(META_SHA256)
         if expected and sha256_hex(plaintext) != expected:

@@ -16,7 +16,7 @@ from cloudbm.catalog import (
     pid_alive,
 )
 from cloudbm.errors import ObjectNotFoundError
-from cloudbm.repository import Repository
+from cloudbm.repository import Repository, read_whole
 
 FETCH_THREADS = 16
 SMALL_OBJECTS = ("started.json", "failed.json", "waiting.json")
@@ -76,9 +76,9 @@ def load_catalogue(repo: Repository) -> list[BackupEntry]:
 
 
 def _raw(repo: Repository, key: str) -> bytes | None:
+    """The whole object, or None if it is gone (deleted since the listing)."""
     try:
-        with repo.storage.get(key) as reader:
-            return reader.read()
+        return read_whole(repo.storage, key)[0]
     except ObjectNotFoundError:
         return None
 

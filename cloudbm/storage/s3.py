@@ -356,7 +356,7 @@ class S3Storage:
         config = Config(
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # no SDK retry at all
             s3={"addressing_style": cast(_Addressing, options.s3_addressing_style)},
             request_checksum_calculation=cast(_ChecksumMode, options.s3_checksum_mode),
             response_checksum_validation=cast(_ChecksumMode, options.s3_checksum_mode),
@@ -615,8 +615,10 @@ class S3Storage:
             resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
-            if extra and code == "InvalidRange":
-                # Range past the end (or any range on an empty object): an empty read.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if extra and (code == "InvalidRange" or status == 416):
+                # Range past the end (or any range on an empty object): an empty read. (The
+                # status alone counts too: a 416 whose error body was cut has no code.)
                 return BytesReader(b"", self.head(key))
             raise map_error(exc, "get", where) from exc
         except SDK_ERRORS as exc:
