@@ -514,7 +514,7 @@ def test_a_dead_hosts_stale_lease_is_taken_over_after_its_ttl() -> None:
 
 
 def test_a_holder_paused_past_the_ttl_loses_its_lease_and_its_backup_fails() -> None:
-    keys = {"bandwidth_limit": 64, "backup_lease_ttl": 3}
+    keys = {"bandwidth_limit": 256, "backup_lease_ttl": 3}
     with make_site("local", None, extra_keys=keys) as site:
         other = site.variant("other-spool", spool_directory=str(site.workdir / "spool2"))
         args = ("--config", str(other), "--json", "backup-push", "--no-progress")
