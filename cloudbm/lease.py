@@ -43,6 +43,7 @@ from cloudbm.logs import log
 from cloudbm.storage.base import ObjectInfo, Storage
 
 LOCKS_PREFIX = "locks/"
+BACKUP_LEASE = "backup"  # one backup-push per server at a time
 LEASE_FORMAT = 1
 NUMBER_DIGITS = 10
 # Rounds of look-and-take before giving up on a lease that keeps changing hands.
@@ -189,6 +190,15 @@ def read_listing(prefix: str, infos: Iterable[ObjectInfo]) -> dict[int, LeaseSee
             cur = LeaseSeen(number, cur.taken, cur.last_heartbeat, True)
         seen[number] = cur
     return seen
+
+
+def keys_below(prefix: str, infos: Iterable[ObjectInfo], below: int) -> list[str]:
+    """Keys of every lease numbered below `below`: what a cleanup may remove."""
+    return [
+        info.key
+        for info in infos
+        if (parsed := parse_key(prefix, info.key)) is not None and parsed[0] < below
+    ]
 
 
 def next_number(leases: Mapping[int, LeaseSeen]) -> int:
@@ -431,14 +441,20 @@ class Lease:
         if not self.can_delete:
             return
         try:
-            old = [
-                info.key
-                for info in self.storage.list(self.prefix)
-                if (parsed := parse_key(self.prefix, info.key)) is not None and parsed[0] < below
-            ]
-            self.storage.delete_many(old)
+            self.storage.delete_many(keys_below(self.prefix, self.storage.list(self.prefix), below))
         except StorageError as exc:
             log.warning("could not remove old lease objects (%s); the next backup will", exc)
+
+    def remove_superseded(self) -> int:
+        """Remove the objects of every lease but the newest (retention runs this: hosts that
+        may not delete leave them behind). Returns how many objects were removed."""
+        infos = list(self.storage.list(self.prefix))
+        newest = max(read_listing(self.prefix, infos), default=None)
+        if newest is None or not self.can_delete:
+            return 0
+        old = keys_below(self.prefix, infos, newest)
+        self.storage.delete_many(old)
+        return len(old)
 
     # -- keeping ----------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ from cloudbm.errors import (
     ObjectExistsError,
     StorageError,
 )
-from cloudbm.lease import Lease, LeaseHeldError
+from cloudbm.lease import BACKUP_LEASE, Lease, LeaseHeldError
 from cloudbm.logs import log
 from cloudbm.pg import datadir, walnames
 from cloudbm.pg.archiver import ArchiverStats, archiver_runs_here, wait_verdict
@@ -413,7 +413,7 @@ def backup_push(settings: Settings, options: BackupOptions) -> Manifest:
     repo = open_repository(settings)
     lease = Lease(
         repo.storage,
-        "backup",
+        BACKUP_LEASE,
         ttl=settings.backup_lease_ttl,
         server=settings.server,
         can_delete=not settings.append_only,

@@ -33,6 +33,7 @@ from cloudbm.errors import (
     ConfigError,
     IntegrityError,
     NotFoundError,
+    StorageError,
     StoragePermissionError,
 )
 from cloudbm.logs import log
@@ -143,11 +144,32 @@ def retention(settings: Settings, *, dry_run: bool) -> Applied:
                     removed.append(decision.backup_id)
                     log.info("%s", decision.line())
                 wal_removed = _remove_wal(repo, the_plan.wal_remove)
+                _remove_superseded_leases(settings, repo)
             except StoragePermissionError as exc:
                 raise _deletes_refused(exc) from None
         return Applied(the_plan, removed, wal_removed, dry_run)
     finally:
         repo.storage.close()
+
+
+def _remove_superseded_leases(settings: Settings, repo: Repository) -> None:
+    """backup-push leaves the objects of its lease behind where it may not delete (append-only
+    database hosts); every lease but the newest is history."""
+    from cloudbm.lease import BACKUP_LEASE, Lease
+
+    lease = Lease(
+        repo.storage,
+        BACKUP_LEASE,
+        ttl=settings.backup_lease_ttl,
+        can_delete=not settings.append_only,
+    )
+    try:
+        removed = lease.remove_superseded()
+    except StorageError as exc:  # housekeeping: never what decides a retention run
+        log.warning("could not remove the objects of finished backup leases: %s", exc)
+        return
+    if removed:
+        log.info("removed %d object(s) of finished backup leases", removed)
 
 
 def delete(settings: Settings, wanted: str, *, force: bool) -> Applied:

@@ -306,6 +306,16 @@ def test_append_only_hosts_take_and_release_without_deleting(
         "lease-0000000002.released",
     ]
 
+    # Retention, with credentials that may delete, removes what those hosts left behind.
+    cleaner = Lease(LocalStorage(root), "backup", ttl=60)
+    assert cleaner.remove_superseded() == 3
+    assert _names(root) == [
+        "lease-0000000002.hb-00000001",
+        "lease-0000000002.json",
+        "lease-0000000002.released",
+    ]
+    assert cleaner.remove_superseded() == 0
+
 
 def test_heartbeats_run_in_the_background(root: Path, leases: list[Lease]) -> None:
     lease = _lease(root, leases, ttl=0.4)
