@@ -36,6 +36,25 @@ class _UsageError(Exception):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM (systemctl stop, a timeout wrapper) during a long command: unwinds like Ctrl-C,
+    so the command records how it ended (backup-push writes failed.json and gives its lease
+    back) instead of vanishing mid-write."""
+
+    def __init__(self) -> None:
+        super().__init__("stopped by SIGTERM")
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 class _StdoutClosed(Exception):
     """Standard output is a pipe nobody reads any more (never a storage connection's EPIPE:
     only writes to sys.stdout raise it)."""
@@ -381,6 +400,7 @@ def run(args: Args) -> int:
 
         from cloudbm.commands.backup_push import BackupOptions, backup_push, summary_line
 
+        _stop_cleanly_on_sigterm()
         began = time.monotonic()
         manifest = backup_push(
             _settings(args),
@@ -701,6 +721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Terminated as exc:
+        log.error("%s", exc)
+        return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
     except Exception as exc:  # a bug: say so in one line, keep the traceback for -v
         log.error("unexpected %s: %s (run with -v for details)", type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)

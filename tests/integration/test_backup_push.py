@@ -266,6 +266,37 @@ def test_killed_backup_never_looks_done_and_a_second_run_is_refused(env_for: Any
         assert res.returncode == 0, res.stderr
 
 
+def test_a_terminated_backup_is_recorded_failed_and_frees_its_lease(env_for: Any) -> None:
+    # systemctl stop sends SIGTERM: the run must say how it ended, not vanish mid-write.
+    with make_site("local", None, extra_keys={"bandwidth_limit": 256}) as site:
+        init = site.pgbench("-i", "-s", "2", "-q")
+        assert init.wait(timeout=120) == 0
+        first = site.cloudbm_background("backup-push", "--no-progress")
+        repo_dir = Path(site.target.url.removeprefix("file://"))
+        deadline = time.monotonic() + 60
+        while not list(repo_dir.glob("backups/*/data/part-00001*")):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "backup never started copying"
+            time.sleep(0.1)
+        pids = subprocess.run(
+            ["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        for pid in pids:  # the cloudbm process, not runuser (which would kill the session)
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "runuser":
+                os.kill(int(pid), signal.SIGTERM)
+        _out, err = first.communicate(timeout=60)
+        assert first.returncode == 143, err
+        assert "stopped by SIGTERM" in err
+        listed = site.cloudbm("--json", "backup-list")
+        (row,) = json.loads(listed.stdout)["backups"]
+        assert row["status"] == "FAILED", row
+        assert list(repo_dir.glob("locks/backup/*.released")), "the lease was not given back"
+        res = site.cloudbm("--json", "backup-push", "--bandwidth-limit", "1000000")
+        assert res.returncode == 0, res.stderr
+
+
 def test_hooks_see_the_backup_and_its_outcome(env_for: Any) -> None:
     with make_site("local", None) as site:
         record = site.workdir / "hooks.log"
