@@ -12,7 +12,6 @@ success, anything else a conflict.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import random
 import time
@@ -344,10 +343,32 @@ class RetryingStorage:
                 budget.failed(exc)
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        """Deletes in slices so a retry repeats one slice, not millions of keys."""
+        """Deletes in slices so a retry repeats one slice, not millions of keys.
+
+        A slice that fails transiently is retried in halves (down to single keys), then the
+        slices grow back: a backend that sends one request per key (or a store that drops
+        big batches) would otherwise need every request of a slice to succeed at once. The
+        deadline runs from the last slice deleted."""
         iterator = iter(keys)
-        while batch := list(itertools.islice(iterator, DELETE_SLICE)):
-            self.policy.run("delete", functools.partial(self.inner.delete_many, batch))
+        pending: list[str] = []
+        size = DELETE_SLICE
+        budget: Budget | None = None
+        while True:
+            if len(pending) < size:
+                pending += itertools.islice(iterator, size - len(pending))
+                if not pending:
+                    return
+            chunk = pending[:size]
+            try:
+                self.inner.delete_many(chunk)
+            except StorageError as exc:
+                budget = budget or self.policy.budget(f"delete {chunk[0]}")
+                budget.failed(exc)
+                size = max(1, len(chunk) // 2)
+                continue
+            del pending[: len(chunk)]
+            budget = None
+            size = min(DELETE_SLICE, size * 2)
 
     def close(self) -> None:
         self.inner.close()

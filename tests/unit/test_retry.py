@@ -490,3 +490,36 @@ def test_if_absent_conflict_without_an_earlier_failure_is_refused_without_readin
     with pytest.raises(ObjectExistsError):
         store.put("k", b"same", if_absent=True)
     assert inner.gets == 0
+
+
+# --- deletes: a failing batch is retried in smaller pieces ------------------------------------
+
+
+class OneRequestPerKey(Flaky):
+    """A backend whose delete_many sends one request per key (GCS without its batch API), each
+    failing one time in five: a batch of many keys almost never gets through whole."""
+
+    def __init__(self, keys: int, seed: int = 3) -> None:
+        super().__init__(failures=0)
+        import random
+
+        self.objects = {f"k{i:04d}": b"" for i in range(keys)}
+        self.rng = random.Random(seed)
+        self.batches: list[int] = []
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        batch = list(keys)
+        self.batches.append(len(batch))
+        for key in batch:
+            if self.rng.random() < 0.2:
+                raise TransientStorageError(f"delete {key}: connection reset")
+            self.objects.pop(key, None)
+
+
+def test_a_batch_delete_that_keeps_failing_is_retried_in_halves_until_it_gets_through() -> None:
+    inner = OneRequestPerKey(2500)
+    store, clock = _clocked(inner, deadline=60)
+    store.delete_many(sorted(inner.objects))
+    assert inner.objects == {}
+    assert min(inner.batches) < 10 and max(inner.batches) == 1000
+    assert clock.slept and all(s > 0 for s in clock.slept)
