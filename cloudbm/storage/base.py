@@ -9,7 +9,10 @@ Every backend must:
 * raise only the typed errors of `cloudbm.errors` (StorageError and subclasses), mapping SDK
   exceptions at its edge (an SDK that chokes on a malformed response, whatever it raises, is a
   TransientStorageError); `retryable=True` errors are retried by `storage.retry`, never inside
-  the backend;
+  the backend by itself or by its SDK — with one exception: the parts of a multipart upload
+  (bytes the backend holds in memory, where the caller's stream cannot be replayed) are
+  retried through the runner the retry layer hands over (`PartRetries`), so one policy still
+  bounds and counts every attempt;
 * bound every network call with the deadlines in `StorageOptions` (connect, read);
 * verify content on upload with a checksum the server checks (MD5/CRC32C/SHA-256 per provider);
 * import its SDK lazily (only the backend module imports boto3, google.cloud or azure).
@@ -39,11 +42,11 @@ failed instead of listing again from the start.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import BinaryIO, Protocol, Self, runtime_checkable
+from typing import Any, BinaryIO, Protocol, Self, runtime_checkable
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -118,6 +121,17 @@ class ResumableList(Protocol):
     def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
         """Like `list(prefix)`, but only keys sorting after `after`."""
         ...
+
+
+# RetryPolicy.run's shape: run(what, fn) calls fn until it succeeds or the policy gives up.
+RetryRunner = Callable[[str, Callable[[], Any]], Any]
+
+
+@runtime_checkable
+class PartRetries(Protocol):
+    """Backends that upload in parts and accept a runner to retry each part with."""
+
+    def retry_parts_with(self, run: RetryRunner) -> None: ...
 
 
 def expected_end(size: int, start: int, end: int | None) -> int:

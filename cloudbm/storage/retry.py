@@ -29,6 +29,7 @@ from cloudbm.storage.base import (
     ClosingReader,
     ObjectInfo,
     ObjectReader,
+    PartRetries,
     ResumableList,
     Storage,
     StorageOptions,
@@ -222,6 +223,8 @@ class RetryingStorage:
         self.inner = inner
         self.policy = policy
         self.url = inner.url
+        if isinstance(inner, PartRetries):
+            inner.retry_parts_with(policy.run)
 
     @classmethod
     def from_options(cls, inner: Storage, options: StorageOptions) -> RetryingStorage:

@@ -15,6 +15,7 @@ client, which costs every short-lived `wal-fetch` process tens of milliseconds f
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 import threading
@@ -60,6 +61,7 @@ from cloudbm.storage.base import (
     MiB,
     ObjectInfo,
     ObjectReader,
+    RetryRunner,
     StorageOptions,
     md5_digest,
     part_size_for,
@@ -378,8 +380,16 @@ class S3Storage:
         # that older MinIO, Ceph RGW and other S3-compatible stores insist on.
         self._client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
         self._pool: ThreadPoolExecutor | None = None
+        # Until the retry layer hands over its policy (retry_parts_with), one try per part.
+        self._run_part: RetryRunner = lambda _what, fn: fn()
         self._bucket_seen = False
         self._pool_lock = threading.Lock()
+
+    def retry_parts_with(self, run: RetryRunner) -> None:
+        """Retry each part of a multipart upload with `run` (the retry layer's policy): a
+        part is in memory and re-sending it is harmless, whereas the stream it came from
+        cannot be replayed, so without this one lost part would fail a whole backup part."""
+        self._run_part = run
 
     # --- naming -----------------------------------------------------------------------------
 
@@ -541,7 +551,11 @@ class S3Storage:
                         f"{part_size} bytes",
                         hint="pass a size_hint that bounds the stream or raise max_object_size",
                     )
-                fut = pool.submit(self._upload_part, full, where, upload_id, number, chunk)
+                fut = pool.submit(
+                    self._run_part,
+                    f"put {where} part {number}",
+                    functools.partial(self._upload_part, full, where, upload_id, number, chunk),
+                )
                 del chunk
                 fut.add_done_callback(done)
                 futures.append(fut)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -30,7 +30,7 @@ from cloudbm.errors import ObjectExistsError, ObjectNotFoundError
 from cloudbm.storage.base import MiB, Storage
 from cloudbm.storage.retry import RetryingStorage
 from cloudbm.storage.url import open_storage
-from tests.conftest import load_faultproxy, payload
+from tests.conftest import ChunkedStream, load_faultproxy, payload
 from tests.integration.conftest import StorageTarget
 from tests.integration.faults import PROXIED_BACKENDS, start_proxy, through_proxy
 
@@ -196,3 +196,26 @@ def test_if_absent_put_after_a_dropped_response_is_refused_when_the_key_holds_ot
             store.put("backups/x/started.json", b'{"owner": "us"}', if_absent=True)
         assert proxy.counts["reset"] == 1
         assert _read(store, "backups/x/started.json") == b'{"owner": "the other run"}'
+
+
+@pytest.mark.parametrize("storage_target", ["s3"], indirect=True)
+def test_a_stream_uploaded_in_parts_survives_failing_parts(
+    storage_target: StorageTarget, request: pytest.FixtureRequest
+) -> None:
+    """A stream cannot be replayed (a backup part is produced as it is read), so its parts,
+    held in memory, are what gets retried: one failed part must not fail the whole upload."""
+    data = payload(3 * 8 * MiB + 1000, seed=8)
+    with _faulty(
+        storage_target,
+        request,
+        rate=0.5,
+        seed=4,
+        kinds=["reset", "cut-headers", "drop-response"],
+        only=r"^PUT .*partNumber",
+    ) as (store, proxy):
+        stream = cast(BinaryIO, ChunkedStream(data))
+        store.put("backups/x/data/part-00001", stream, size_hint=len(data))
+        assert proxy.faults > 0
+        assert hashlib.sha256(_read(store, "backups/x/data/part-00001")).digest() == (
+            hashlib.sha256(data).digest()
+        )
