@@ -16,6 +16,20 @@ Choices worth knowing:
   and can be enabled with `options.extra["azure_validate_download"] = "true"`.
 * Azure metadata names must be C# identifiers, so cloudbm's names ('-' allowed) are stored
   with '_' for '-' and a leading '_' when they do not start with a letter.
+* Only complete responses leave the transport (`_CheckedTransport`). A response cut inside
+  its header block reaches `requests` as a complete 200 without a length; the SDK then fails
+  in ways that look permanent ("invalid status 'OK'", a `DeserializationError` on a cut
+  `Date`/`Last-Modified`, an `AttributeError` in the list pager, a `ValueError` for a missing
+  Content-Range). Azure frames every response, so one without Content-Length or chunked
+  encoding is refused as cut short. Each of those SDK errors is also mapped to
+  TransientStorageError where it means the response was cut, and head/get/list check that
+  size and ETag arrived and that a download delivers the length it announced.
+* No retries below `storage.retry`. `retry_total=0` stops the pipeline's RetryPolicy, but the
+  downloader (`StorageStreamDownloader`, azure-storage-blob 12.x) re-reads a body that breaks
+  after the headers up to 3 times, 1 s apart, in a loop no setting reaches, then raises an
+  `HttpResponseError` without a status. The transport therefore reads a streamed download's
+  body itself (bounded: 32 MiB first GET, 8 MiB chunks, which the SDK buffers whole anyway)
+  and reports a break as `ServiceResponseError`, which that loop does not catch.
 """
 
 from __future__ import annotations
@@ -31,17 +45,22 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+import requests
 from azure.core import MatchConditions
 from azure.core.credentials import AzureSasCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DecodeError,
+    DeserializationError,
     HttpResponseError,
     IncompleteReadError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContainerClient
 
 from cloudbm.errors import (
@@ -142,6 +161,63 @@ def _error_code(exc: HttpResponseError) -> str:
     return str(getattr(code, "value", code) or "")
 
 
+class _CheckedTransport(RequestsTransport):  # type: ignore[misc]
+    """RequestsTransport that hands on complete responses only (see the module notes)."""
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        response = super().send(request, **kwargs)
+        _require_framing(str(request.method), response)
+        if kwargs.get("stream"):
+            _load_body(response)
+        return response
+
+
+def _require_framing(method: str, response: Any) -> None:
+    """Refuse a response with a body but neither Content-Length nor chunked encoding: what a
+    response cut inside its headers looks like to `http.client`. Azure never sends one."""
+    status = int(response.status_code)
+    if method.upper() == "HEAD" or status < 200 or status in (204, 304):
+        return
+    headers = response.headers
+    if "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower():
+        return
+    response.internal_response.close()
+    raise ServiceResponseError(
+        f"HTTP {status} response without Content-Length or chunked encoding: cut short"
+    )
+
+
+def _load_body(response: Any) -> None:
+    """Read a streamed body now; a break is a ServiceResponseError (see the module notes)."""
+    internal = response.internal_response
+    try:
+        internal.content  # noqa: B018 - reading it is the point
+    except requests.exceptions.RequestException as exc:
+        internal.close()
+        cause = exc.args[0] if exc.args else None
+        if "timeout" in type(cause).__name__.lower() or isinstance(exc, requests.Timeout):
+            raise ServiceResponseTimeoutError(f"reading the response timed out ({exc})") from exc
+        raise ServiceResponseError(f"the response was cut short ({exc})", error=exc) from exc
+
+
+# Errors whose presence under a status-less HttpResponseError means the body broke off.
+_CUT = (IncompleteReadError, DecodeError, ServiceResponseError, requests.RequestException)
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """An SDK error that means "the response was incomplete or malformed", not a refusal."""
+    if isinstance(exc, DeserializationError):
+        return True  # a header or body the SDK could not parse, e.g. a date cut mid-value
+    if isinstance(exc, ValueError) and "Content-Range" in str(exc):
+        return True  # the downloader's "Required Content-Range response header is missing"
+    if isinstance(exc, HttpResponseError):
+        if exc.status_code is not None:
+            return 200 <= exc.status_code < 300  # a success the SDK refused: "invalid status"
+        inner = getattr(exc, "inner_exception", None) or exc.__cause__
+        return isinstance(inner, _CUT)
+    return False
+
+
 def map_error(exc: BaseException, *, op: str, container: str, key: str = "") -> StorageError:
     """Translate an exception from azure-storage-blob into a typed cloudbm storage error.
 
@@ -152,6 +228,11 @@ def map_error(exc: BaseException, *, op: str, container: str, key: str = "") -> 
     if isinstance(exc, StorageError):
         return exc
     where = f"azure://{container}/{key}" if key else f"azure://{container}"
+    if _cut_short(exc):
+        return TransientStorageError(
+            f"{op} {where}: incomplete response ({type(exc).__name__}: {_oneline(exc)})",
+            hint="the response was cut short; it is safe to retry",
+        )
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         message = str(exc.reason or "")
         if exc.message:
@@ -194,6 +275,41 @@ class _SourceError(Exception):
         self.original = original
 
 
+class _Markers:
+    """Continuation markers seen while listing: (prefix, last key of a page) -> the marker of
+    the page after it. Only the latest listing of a prefix counts: a marker names the next
+    blob as it was, so an old one would skip blobs created since. Bounded; thread-safe."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_prefix: dict[str, dict[str, str]] = {}
+        self._count = 0
+
+    def remember(self, prefix: str, last_key: str, marker: str) -> None:
+        with self._lock:
+            if self._count >= self.LIMIT:
+                self._by_prefix.clear()
+                self._count = 0
+            pages = self._by_prefix.setdefault(prefix, {})
+            if last_key not in pages:
+                self._count += 1
+            pages[last_key] = marker
+
+    def forget(self, prefix: str) -> None:
+        """A listing of `prefix` starts from the beginning: earlier markers are stale."""
+        with self._lock:
+            self._count -= len(self._by_prefix.pop(prefix, {}))
+
+    def find(self, prefix: str, after: str) -> str | None:
+        """The marker of the page following the last one that ended at or before `after`."""
+        with self._lock:
+            pages = self._by_prefix.get(prefix, {})
+            ends = [key for key in pages if key <= after]
+            return pages[max(ends)] if ends else None
+
+
 def _read_upto(source: BinaryIO, limit: int) -> bytes:
     """Read until `limit` bytes or end of stream (streams may return short reads)."""
     out = bytearray()
@@ -212,11 +328,16 @@ class _AzureReader(ClosingReader):
     """Streams the chunks of one download, re-blocked to the sizes the caller asks for."""
 
     def __init__(
-        self, owner: AzureStorage, info: ObjectInfo, chunks: Iterator[bytes] | None
+        self,
+        owner: AzureStorage,
+        info: ObjectInfo,
+        chunks: Iterator[bytes] | None,
+        length: int = 0,
     ) -> None:
         self.info = info
         self._owner = owner
         self._chunks = chunks
+        self._left = length  # bytes the download announced and has yet to deliver
         self._buf = b""
         self._off = 0
 
@@ -227,7 +348,14 @@ class _AzureReader(ClosingReader):
             chunk = next(self._chunks, None)
         if chunk is None:
             self._chunks = None
+            if self._left:
+                raise TransientStorageError(
+                    f"get {self._owner.url}/{self.info.key}: download ended "
+                    f"{self._left} bytes short",
+                    hint="the response was cut short; it is safe to retry",
+                )
             return False
+        self._left -= len(chunk)
         self._buf, self._off = chunk, 0
         return True
 
@@ -267,6 +395,7 @@ class AzureStorage:
         self._page_size = int(options.extra.get("list_page_size", LIST_PAGE_SIZE))
         self._validate_download = options.extra.get("azure_validate_download", "") == "true"
         self._batch_ok = True
+        self._markers = _Markers()
         self._lock = threading.Lock()
         self._service = self._make_service()
         self._container: ContainerClient = self._service.get_container_client(container)
@@ -288,9 +417,10 @@ class AzureStorage:
 
     def _make_service(self) -> BlobServiceClient:
         opts = self.options
+        timeouts = {"connection_timeout": opts.connect_timeout, "read_timeout": opts.read_timeout}
         config: dict[str, Any] = {
-            "connection_timeout": opts.connect_timeout,
-            "read_timeout": opts.read_timeout,
+            **timeouts,
+            "transport": _CheckedTransport(**timeouts, connection_data_block_size=STREAM_READ),
             "retry_total": 0,
             "max_single_put_size": min(opts.multipart_threshold, MAX_SINGLE_PUT),
             "max_single_get_size": FIRST_GET,
@@ -515,22 +645,26 @@ class AzureStorage:
             total = content_range.rsplit("/", 1)[1]
             if total.isdigit():
                 size = int(total)
-        info = ObjectInfo(
-            key=key,
-            size=size,
-            metadata=self._decode(props.metadata),
-            etag=props.etag,
-            modified=props.last_modified,
-        )
-        return _AzureReader(self, info, downloader.chunks())
+        info = self._complete("get", key, size, props)
+        stop = info.size if end is None else min(end, info.size)
+        return _AzureReader(self, info, downloader.chunks(), max(0, stop - start))
 
     def head(self, key: str) -> ObjectInfo:
         """Size and metadata of `key`."""
         with self._edge("head", key):
             props = self._blob(key).get_blob_properties()
+        return self._complete("head", key, props.size, props)
+
+    def _complete(self, op: str, key: str, size: int | None, props: Any) -> ObjectInfo:
+        """ObjectInfo from blob properties, once they are known to have arrived whole."""
+        if not isinstance(size, int) or not props.etag:
+            raise TransientStorageError(
+                f"{op} {self.url}/{key}: incomplete blob properties (no size or ETag)",
+                hint="the response was cut short; it is safe to retry",
+            )
         return ObjectInfo(
             key=key,
-            size=props.size,
+            size=size,
             metadata=self._decode(props.metadata),
             etag=props.etag,
             modified=props.last_modified,
@@ -538,24 +672,50 @@ class AzureStorage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with `prefix`, in key order, a page at a time."""
+        return self._list(prefix, None)
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Like `list(prefix)`, only keys after `after`: a failed listing resumes where it broke.
+
+        List Blobs has no "start after" (`startFrom` needs a 2026 service version), so the
+        listing resumes with the continuation marker of the page that followed the last page
+        ending at or before `after`, remembered from this instance's latest listing of the
+        prefix, and skips what comes before; without one it starts over.
+        """
+        return self._list(prefix, after)
+
+    def _list(self, prefix: str, after: str | None) -> Iterator[ObjectInfo]:
         strip = len(self._root)
+        if after is None:
+            self._markers.forget(prefix)
+        marker = None if after is None else self._markers.find(prefix, after)
         with self._edge("list", prefix):
             pages = self._container.list_blobs(
                 name_starts_with=self._root + prefix,
                 include=["metadata"],
                 results_per_page=self._page_size,
-            ).by_page()
-            for page in pages:
-                for item in page:
+            ).by_page(continuation_token=marker)
+            while (page := self._next_page(pages, prefix)) is not None:
+                items = list(page)  # the page is in memory already
+                next_marker = getattr(pages, "continuation_token", None)
+                if items and next_marker:
+                    self._markers.remember(prefix, items[-1].name[strip:], next_marker)
+                for item in items:
                     key = item.name[strip:]
-                    if key:
-                        yield ObjectInfo(
-                            key=key,
-                            size=item.size,
-                            metadata=self._decode(item.metadata),
-                            etag=item.etag,
-                            modified=item.last_modified,
-                        )
+                    if key and (after is None or key > after):
+                        yield self._complete("list", key, item.size, item)
+
+    def _next_page(self, pages: Iterator[Any], prefix: str) -> Iterator[Any] | None:
+        """The next listing page, None after the last."""
+        try:
+            return next(pages, None)
+        except AttributeError as exc:
+            # The SDK's pager reads the page's EnumerationResults without checking that the
+            # response had one (`None.service_endpoint`): an empty or cut answer.
+            raise TransientStorageError(
+                f"list {self.url}/{prefix}: incomplete listing page ({exc})",
+                hint="the response was cut short; it is safe to retry",
+            ) from exc
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete in blob batches of 256; absent keys are fine."""
@@ -612,10 +772,18 @@ class AzureStorage:
                         raise
 
         workers = max(1, min(self.options.max_concurrency, len(names)))
+        # At most `workers` in flight, and none started after one failed: the retry repeats
+        # the whole slice, so deleting the rest now would only add requests.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="azure-delete") as pool:
-            futures = [pool.submit(delete, name) for name in names]
-        for future in futures:
-            future.result()
+            in_flight: set[Future[None]] = set()
+            for name in names:
+                if len(in_flight) >= workers:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                in_flight.add(pool.submit(delete, name))
+            for future in in_flight:
+                future.result()
 
     def close(self) -> None:
         """Close the HTTP pipeline."""

@@ -34,7 +34,9 @@ pytest.importorskip("azure.storage.blob")
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DeserializationError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
@@ -66,6 +68,7 @@ from cloudbm.storage.azure import (
 )
 from cloudbm.storage.base import MiB, StorageOptions
 from tests.conftest import REPO_ROOT, ChunkedStream, payload
+from tests.unit.scripted_http import CUT_HEADERS, Request, ScriptedServer, response
 
 CONTAINER = "cnt"
 KEY = "pg/main/wal/0000000100000000/000000010000000000000001"
@@ -504,3 +507,168 @@ def test_block_size_follows_the_block_limit() -> None:
     )
     assert size * azure_backend.MAX_BLOCKS >= 1024 * 1024 * MiB and size == 21 * MiB
     assert Path(azure_backend.__file__).name == "azure.py"
+
+
+# -- cut responses, against a scripted server -------------------------------------------------
+#
+# A loopback server answers byte for byte what the fault proxy produces (a response cut inside
+# its headers, a body shorter than its Content-Length, a well-framed answer missing what the
+# operation needs), so the exceptions are the ones the SDK really raises.
+
+BODY = b"0123456789" * 1000
+BLOB_HEADERS = {
+    "ETag": '"0x8DC0000000000"',
+    "Last-Modified": "Wed, 02 Dec 2026 10:00:00 GMT",
+    "x-ms-blob-type": "BlockBlob",
+    "x-ms-request-id": "r1",
+    "x-ms-version": "2025-01-05",
+}
+
+
+def _scripted_backend(url: str, **options: Any) -> AzureStorage:
+    conn = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint={url}/devstoreaccount1;"
+    )
+    return AzureStorage(
+        CONTAINER,
+        "p",
+        StorageOptions(azure_connection_string=conn, connect_timeout=2, read_timeout=2, **options),
+    )
+
+
+def _download(request: Request, *, cut: bool = False, content_range: bool = True) -> bytes:
+    headers = dict(BLOB_HEADERS)
+    if content_range:
+        headers["Content-Range"] = f"bytes 0-{len(BODY) - 1}/{len(BODY)}"
+    body = BODY[: len(BODY) // 2] if cut else BODY
+    return response(206, body, headers, reason="Partial Content", length=len(BODY))
+
+
+@pytest.mark.parametrize("op", ["put", "head", "get", "list", "delete"])
+def test_response_cut_in_its_headers_is_transient(op: str) -> None:
+    with ScriptedServer(lambda request: CUT_HEADERS) as server:
+        backend = _scripted_backend(server.url)
+        calls = {
+            "put": lambda: backend.put("k", b"data"),
+            "head": lambda: backend.head("k"),
+            "get": lambda: backend.get("k"),
+            "list": lambda: list(backend.list()),
+            "delete": lambda: backend.delete_many(["k"]),
+        }
+        with pytest.raises(TransientStorageError):
+            calls[op]()
+        backend.close()
+
+
+def test_cut_body_is_not_reread_by_the_sdk() -> None:
+    # azure-storage-blob re-reads a cut download itself, 3 times 1 s apart, whatever
+    # retry_total says; retries belong to cloudbm's wrapper, which backs off and keeps time.
+    with ScriptedServer(lambda request: _download(request, cut=True)) as server:
+        backend = _scripted_backend(server.url)
+        started = time.monotonic()
+        with pytest.raises(TransientStorageError), backend.get("k") as reader:
+            reader.read()
+        assert time.monotonic() - started < 0.9
+        assert len(server.requests) == 1
+        backend.close()
+
+
+def test_download_without_content_range_is_transient() -> None:
+    with ScriptedServer(lambda request: _download(request, content_range=False)) as server:
+        backend = _scripted_backend(server.url)
+        with pytest.raises(TransientStorageError, match="Content-Range"):
+            backend.get("k")
+        backend.close()
+
+
+def test_complete_download_reads_back() -> None:
+    with ScriptedServer(_download) as server:
+        backend = _scripted_backend(server.url)
+        with backend.get("k") as reader:
+            assert reader.info.size == len(BODY) and reader.read() == BODY
+        backend.close()
+
+
+def test_properties_without_size_are_transient() -> None:
+    headers = {k: v for k, v in BLOB_HEADERS.items()}
+
+    def answer(request: Request) -> bytes:
+        # A HEAD answer whose Content-Length (the blob's size) was lost with the cut.
+        return (
+            b"HTTP/1.1 200 OK\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+            + b"Connection: close\r\n\r\n"
+        )
+
+    with ScriptedServer(answer) as server:
+        backend = _scripted_backend(server.url)
+        with pytest.raises(TransientStorageError, match="incomplete"):
+            backend.head("k")
+        backend.close()
+
+
+def test_empty_listing_answer_is_transient_not_an_empty_listing() -> None:
+    # Framed (Content-Length: 0) but no EnumerationResults: the SDK's pager trips over it.
+    with ScriptedServer(lambda request: response(200, b"", BLOB_HEADERS)) as server:
+        backend = _scripted_backend(server.url)
+        with pytest.raises(TransientStorageError, match="listing"):
+            list(backend.list())
+        backend.close()
+
+
+def test_sdk_wrapped_cut_read_without_status_is_transient() -> None:
+    # What the download's own re-read loop raises once its tries are spent.
+    cut = IncompleteReadError("Connection broken: IncompleteRead(10 bytes read)")
+    err = mapped(HttpResponseError(cut, error=cut))
+    assert isinstance(err, TransientStorageError)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        DeserializationError("Unable to deserialize response data. Data: W, rfc-1123"),
+        ValueError("Required Content-Range response header is missing or malformed."),
+    ],
+)
+def test_malformed_responses_are_transient(exc: Exception) -> None:
+    assert isinstance(mapped(exc), TransientStorageError)
+
+
+def test_success_status_the_sdk_refuses_is_transient() -> None:
+    # Put Blob answers 201; a bare "200 OK" is what a cut header block leaves.
+    exc = HttpResponseError(
+        message="Operation returned an invalid status 'OK'",
+        response=cast(Any, _FakeResponse(200, "OK")),
+    )
+    assert isinstance(mapped(exc, "put"), TransientStorageError)
+
+
+def test_other_value_errors_stay_permanent() -> None:
+    err = mapped(ValueError("Blob name must not be empty"), "put")
+    assert type(err) is StorageError and not err.retryable
+
+
+@smoke
+def test_list_after_resumes_at_the_page_it_broke_in(connection_string: str, container: str) -> None:
+    options = _options(connection_string, list_page_size="3")
+    backend = AzureStorage(container, f"after/{uuid.uuid4().hex[:8]}", options)
+    keys = [f"r/{i:03d}" for i in range(10)]
+    for key in keys:
+        backend.put(key, b"x")
+    assert list(backend.list_after("r/", "r/004")) != []  # no marker known yet: from the start
+    assert [i.key for i in backend.list("r/")] == keys
+    # Pages end at r/002, r/005, r/008: resuming after r/004 starts with the page after r/002.
+    assert backend._markers.find("r/", "r/004") is not None
+    assert [i.key for i in backend.list_after("r/", "r/004")] == keys[5:]
+    assert [i.key for i in backend.list_after("r/", "r/0045")] == keys[5:]
+    assert [i.key for i in backend.list_after("r/", "r/009")] == []
+    # Markers name the next blob as it was: after blobs are created, only the latest listing's
+    # markers may be used, or a resumption skips what now sorts between the old pages.
+    backend.put("r/0015", b"x")
+    backend.put("r/0028", b"x")
+    listing = backend.list("r/")  # pages now end at r/0015, r/003, ...
+    assert [next(listing).key for _ in range(4)] == ["r/000", "r/001", "r/0015", "r/002"]
+    assert sorted(backend._markers._by_prefix["r/"]) == ["r/0015", "r/003"]
+    assert [i.key for i in backend.list_after("r/", "r/002")] == ["r/0028", *keys[3:]]
+    backend.close()
