@@ -416,12 +416,11 @@ def _parse_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
     try:
-        from cloudbm.fastpath import private_dir
+        from cloudbm.fastpath import private_dir, write_private
 
         private_dir(str(cache_dir))
-        tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": real, "identity": identity, "data": data}))
-        os.replace(tmp, cache)
+        doc = json.dumps({"path": real, "identity": identity, "data": data})
+        write_private(str(cache), doc.encode())  # 0600, like every file of local state
     except (OSError, TypeError, ValueError):
         pass  # the cache is an optimisation; values that JSON cannot hold are not cached
     return data

@@ -326,7 +326,7 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
     dest = dest_arg if os.path.isabs(dest_arg) else os.path.join(os.getcwd(), dest_arg)
     if not os.path.exists(spooled):
         # A file the running worker is fetching (or will, once asked): wait for it here.
-        if not _lock_held(lock):
+        if not _lock_held(lock) and not _worker_starting(root, lock):
             return None
         asked = time.time_ns()
         if not _ask(root, name, missed=True, asked_ns=asked):
@@ -364,6 +364,28 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
         finally:
             os.close(fd)
     return 0
+
+
+# A worker spawned this long ago may still be starting (a Python start and imports): a call
+# waits for it to take its lock rather than start the full command, which costs as much.
+WORKER_START_SECONDS = 2.0
+
+
+def _worker_starting(root: str, lock: str) -> bool:
+    """Wait while a prefetch worker spawned moments ago (its `prefetch.starting` marker is
+    fresh) has not taken its lock yet; True once it has."""
+    import time
+
+    try:
+        spawned = os.stat(os.path.join(root, "prefetch.starting")).st_mtime
+    except OSError:
+        return False
+    deadline = time.monotonic() + WORKER_START_SECONDS - (time.time() - spawned)
+    while time.monotonic() < deadline:
+        time.sleep(_POLL)
+        if _lock_held(lock):
+            return True
+    return False
 
 
 def _seen_since(root: str, name: str, verdict: str, asked_ns: int) -> bool:

@@ -34,6 +34,7 @@ from cloudbm.commands.wal_spool import (
     spawn_worker,
     spool_root,
     take_lock,
+    touch_private,
     write_durably,
 )
 from cloudbm.config import Settings
@@ -271,7 +272,14 @@ def _ensure_worker(spool: Spool, global_args: list[str]) -> subprocess.Popen[byt
     if lock_is_held(spool.lock):
         return None
     spool.clear()
-    return spawn_worker(spool.root, global_args, ["wal-prefetch"])
+    return _spawn(spool, global_args, ["wal-prefetch"])
+
+
+def _spawn(spool: Spool, global_args: list[str], command: list[str]) -> subprocess.Popen[bytes]:
+    """Start the worker; until it holds its lock, `prefetch.starting` tells the fast path of
+    the next call to wait for it rather than start the full command (fastpath.py)."""
+    touch_private(spool.starting)
+    return spawn_worker(spool.root, global_args, command)
 
 
 def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
@@ -291,15 +299,21 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     lock = take_lock(spool.lock, f"{os.getpid()} {settings.operation_timeout:g}\n")
     if lock is None:
         return 0
+    with contextlib.suppress(OSError):
+        spool.starting.unlink()
     spool.clear()  # files of an earlier worker may predate a crash: they were not fsynced
     # No single request may outlast the deadline of the whole operation either.
     repo = open_repository(_within(settings, settings.operation_timeout))
     worker = _Prefetcher(settings, spool, repo, wait_first)
     try:
-        with ThreadPoolExecutor(max_workers=max(2, settings.jobs) + 2) as pool:
+        # The file recovery waits for never queues behind the look-ahead: it has its own threads.
+        with (
+            ThreadPoolExecutor(max_workers=max(2, settings.jobs) + 2) as ahead,
+            ThreadPoolExecutor(max_workers=2) as wanted,
+        ):
             while not worker.idle():
                 try:
-                    worker.step(pool)
+                    worker.step(ahead, wanted)
                 except Exception as exc:  # the worker must outlive any error
                     worker.report(exc, "in the prefetch loop", expected=False)
                     time.sleep(WORKER_POLL)
@@ -352,7 +366,7 @@ class _Prefetcher:
         self.spool.store(n, data)
         return True, sent
 
-    def step(self, pool: ThreadPoolExecutor) -> None:
+    def step(self, ahead: ThreadPoolExecutor, wanted: ThreadPoolExecutor) -> None:
         """Read recovery's request, start the fetches it calls for, collect finished ones."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -368,7 +382,7 @@ class _Prefetcher:
                 self.spool.prune(want)
             self.failed.clear()
         if want is not None:
-            self._schedule(pool, want, asked)
+            self._schedule(ahead, wanted, want, asked)
         poll = (
             WORKER_POLL_BUSY
             if time.monotonic() - self.last_activity < WORKER_BUSY_SECONDS
@@ -382,12 +396,17 @@ class _Prefetcher:
             self._collect(self.inflight.pop(fut), fut)
             self.last_activity = time.monotonic()
 
-    def _schedule(self, pool: ThreadPoolExecutor, want: str, asked: int) -> None:
+    def _schedule(
+        self, ahead: ThreadPoolExecutor, wanted: ThreadPoolExecutor, want: str, asked: int
+    ) -> None:
         window = [want]
         if walnames.is_segment_name(want):
             size = self._segment_size()
             if size is not None:
                 window += walnames.next_segments(want, self.settings.wal_prefetch, size)
+        for fut, n in list(self.inflight.items()):
+            if n == want and fut.cancel():  # still queued as look-ahead: take it out
+                del self.inflight[fut]
         busy = set(self.inflight.values())
         for n in window:
             gone = self.missing.get(n)
@@ -395,6 +414,7 @@ class _Prefetcher:
                 break  # the end of the archive, until recovery asks again
             if n in busy or n in self.failed or n in self.stored or self.spool.has(n):
                 continue
+            pool = wanted if n == want else ahead
             self.inflight[pool.submit(self.fetch, n)] = n
 
     def _collect(self, n: str, fut: Future[tuple[bool, int]]) -> None:
@@ -471,5 +491,5 @@ def start_prefetch_ahead(
     spool.want(first, missed=True)  # a running worker may have delivered it to an earlier one
     if not lock_is_held(spool.lock):
         wait = ["--wait-first", f"{wait_first:g}"]
-        spawn_worker(spool.root, global_args, ["wal-prefetch", *wait])
+        _spawn(spool, global_args, ["wal-prefetch", *wait])
     return True

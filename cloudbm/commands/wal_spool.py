@@ -254,6 +254,7 @@ class Spool:
         self.ready = root / "prefetch"
         self.absent = root / "absent"
         self.lock = root / "prefetch.lock"
+        self.starting = root / "prefetch.starting"  # a worker was spawned, not running yet
         self.want_file = root / "want"
         for d in (self.ready, self.absent):
             d.mkdir(exist_ok=True, mode=0o700)
