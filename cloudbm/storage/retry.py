@@ -163,6 +163,13 @@ class _ResumingReader(ClosingReader):
         while True:
             try:
                 reader = self._storage.get(self._key, start=self._pos, end=self._end)
+            except ObjectNotFoundError:
+                # Deleted under us: not "absent", which would tell wal-fetch's caller that the
+                # file never existed and end a recovery early.
+                raise StorageError(
+                    f"object {self._key} was deleted while it was being read",
+                    hint="retry the command",
+                ) from None
             except StorageError as exc:
                 budget.failed(exc)
                 continue

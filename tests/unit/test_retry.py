@@ -247,6 +247,8 @@ class CuttingStore(Flaky):
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> BytesReader:
         self.opens.append((start, end))
+        if key not in self.objects:
+            raise ObjectNotFoundError(key)
         data = self.objects[key]
         info = ObjectInfo(key, len(data), etag="e1")
         stop = len(data) if end is None else min(end, len(data))
@@ -523,3 +525,14 @@ def test_a_batch_delete_that_keeps_failing_is_retried_in_halves_until_it_gets_th
     assert inner.objects == {}
     assert min(inner.batches) < 10 and max(inner.batches) == 1000
     assert clock.slept and all(s > 0 for s in clock.slept)
+
+
+def test_an_object_deleted_while_a_cut_read_resumes_is_an_error_not_not_found() -> None:
+    inner = CuttingStore(b"z" * 100, per_open=10, how="raise", cuts=1)
+    store, _ = _clocked(inner)
+    with store.get("k") as reader:
+        assert reader.read(10) == b"z" * 10
+        del inner.objects["k"]
+        with pytest.raises(StorageError, match="deleted while it was being read") as caught:
+            reader.read()
+        assert not isinstance(caught.value, ObjectNotFoundError)
