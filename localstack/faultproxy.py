@@ -268,13 +268,10 @@ class FaultProxy:
     # -- serving -------------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        self._listener.settimeout(0.2)
         while not self._stopping.is_set():
             try:
                 client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+            except OSError:  # closed by close()
                 return
             threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
@@ -361,6 +358,8 @@ class FaultProxy:
 
     def close(self) -> None:
         self._stopping.set()
+        with contextlib.suppress(OSError):  # wakes the accept loop at once (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             conns = list(self._conns)
