@@ -60,6 +60,7 @@ from cloudbm.pg import datadir, walnames
 from cloudbm.pg.archiver import ArchiverStats, archiver_runs_here, wait_verdict
 from cloudbm.pg.session import BackupSession, ServerInfo, parse_backup_label
 from cloudbm.repository import Repository
+from cloudbm.storage.retry import RetryPolicy
 from cloudbm.tarstream import TarPartReader, plan_parts
 
 CONTROL_FILE = "global/pg_control"
@@ -188,9 +189,9 @@ class BackupRun:
         jobs = max(1, self.settings.jobs)
         if jobs > 1:
             params = replace(params, threads=jobs)
-        attempt = 0
+        policy = RetryPolicy.from_options(self.settings.storage_options())
+        budget = policy.budget(f"put {key}")
         while True:
-            attempt += 1
             tar = TarPartReader(files)
             encoded = EncodingReader(
                 _ProgressReader(tar, progress), name=key, params=params, hash_plaintext=False
@@ -204,10 +205,10 @@ class BackupRun:
                 )
                 break
             except StorageError as exc:
-                if not exc.retryable or attempt >= self.settings.max_attempts:
-                    raise
+                if stored.size:  # it was moving: the deadline runs from now, as for a read
+                    budget.started = policy.clock()
+                budget.failed(exc)  # raises when permanent or out of time/attempts
                 log.warning("part %d failed (%s); retrying from the files", number, exc)
-                time.sleep(min(30.0, 2.0**attempt))
         lines = b"".join(
             json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in tar.records
         )
