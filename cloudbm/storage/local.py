@@ -133,6 +133,9 @@ class LocalStorage:
             raw = (path.parent / (path.name + META_SUFFIX)).read_bytes()
         except FileNotFoundError:
             return {}
+        except OSError as exc:  # e.g. a sidecar another user wrote 0600: say which file
+            key = path.relative_to(self.root).as_posix() + META_SUFFIX
+            raise self._error("read", key, exc) from exc
         try:
             meta = json.loads(raw)
         except ValueError:

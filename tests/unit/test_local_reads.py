@@ -57,3 +57,13 @@ def test_list_after_starts_after_the_key(tmp_path: Path) -> None:
     assert [i.key for i in store.list_after("a/", "a/b/1")] == ["a/b/2", "a/c"]
     assert [i.key for i in store.list_after("", "a/c")] == ["b/1"]
     assert [i.key for i in store.list_after("a/", "")] == keys[:5]
+
+
+def test_an_unreadable_metadata_sidecar_is_a_storage_error_naming_it(tmp_path: Path) -> None:
+    # A sidecar another user wrote 0600 reads as PermissionError; a directory in its place
+    # gives root the same kind of OSError.
+    store = _store(tmp_path)
+    (tmp_path / "wal" / "seg.cbmeta").mkdir()
+    for action in (lambda: store.head("wal/seg"), lambda: list(store.list("wal/"))):
+        with pytest.raises(StorageError, match=r"wal/seg\.cbmeta"):
+            action()
