@@ -6,6 +6,11 @@ Choices worth knowing:
   `storage.retry`, and the SDK's own retry loop would hide hangs behind its 120 s deadline.
 * Uploads carry a checksum the server checks: the object's CRC32C (MD5 without the C
   extension) in the multipart metadata or as `x-goog-hash` on the last resumable chunk.
+* Resumable uploads are driven a request at a time (`_Resumable`), each retried with the retry
+  layer's runner (`retry_parts_with`): a backup part is a stream that cannot be sent twice. A
+  chunk whose outcome is unknown is followed by a status query, and the upload resumes from
+  the offset the session persisted, within the one chunk kept in memory; a session that says
+  "complete" is believed only for the whole object with our checksum.
 * put-if-absent is `ifGenerationMatch=0`. Resumable uploads also look the key up first, so a
   conflict is found before gigabytes move (and because fake-gcs-server ignores the
   precondition on resumable uploads).
@@ -16,7 +21,10 @@ Choices worth knowing:
   missing bucket would make wal-fetch end recovery, so the first 404 of an instance is
   confirmed by a one-object listing of the bucket.
 * Batch deletes go through a private client: a batch captures every request made through
-  its client while open, which would swallow concurrent uploads on the shared one.
+  its client while open, which would swallow concurrent uploads on the shared one. The batch
+  API is given up (per-key deletes from then on) only when the endpoint shows it has none:
+  404/405/501, or an answer that is not multipart or has no part at all (fake-gcs-server's);
+  a multipart answer with parts missing or malformed is a transient error.
 * Every response is checked for completeness before the SDK sees it. A response cut inside
   its header block reaches `requests` as a complete, empty 200 (end of stream ends the
   headers, and with no Content-Length the body is "everything until close"): the SDK would
@@ -46,6 +54,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -70,7 +80,16 @@ from cloudbm.errors import (
     StorageUnavailableError,
     TransientStorageError,
 )
-from cloudbm.storage.base import ClosingReader, MiB, ObjectInfo, StorageOptions, part_size_for
+from cloudbm.storage.base import (
+    ClosingReader,
+    MiB,
+    ObjectInfo,
+    RetryRunner,
+    StorageOptions,
+    part_size_for,
+)
+
+log = logging.getLogger(__name__)
 
 # JSON API batch limit is 100 calls per request.
 BATCH_SIZE = 100
@@ -92,6 +111,10 @@ CONTENT_TYPE = "application/octet-stream"
 # `list` is a method name inside the storage class, so spell the type out here.
 Names = list[str]
 
+# A status query's answer for an unfinished upload: `Range: bytes=0-LAST` (no Range: nothing).
+_PERSISTED = re.compile(r"bytes=0-(\d+)")
+# Status of a query on a session that no longer exists (expired, cancelled: start again).
+_SESSION_GONE = (404, 410, 499)
 _RATE_LIMIT_REASONS = ("ratelimitexceeded", "userratelimitexceeded")
 _CHECKSUM_WORDS = ("md5", "crc32c", "checksum", "hash")
 
@@ -261,17 +284,31 @@ class _SourceError(Exception):
         self.original = original
 
 
+class _Abandon(Exception):
+    """Ends an upload past the per-request retries: its session cannot go on (gone, or in a
+    state no retry of one request can mend). The whole put fails with `error`."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class _UploadStream:
-    """Already-read `head` bytes, then the caller's stream; non-seekable, filling reads.
+    """Already-read `head` bytes, then the caller's stream; filling reads, kept last chunk.
 
     The resumable uploader takes a short read as end of stream, so `read(n)` loops until it
-    has `n` bytes or the source is exhausted. It also needs `tell()`.
+    has `n` bytes or the source is exhausted. It also needs `tell()`. The bytes of the last
+    read (one chunk) are kept: when a chunk's answer is lost the upload resumes from the
+    offset the server persisted, which lies within that chunk, so `seek` may move anywhere
+    within it, and nowhere else (the source itself cannot be rewound).
     """
 
     def __init__(self, head: bytes, source: BinaryIO) -> None:
         self._head = memoryview(head)
         self._source = source
         self._pos = 0
+        self._kept = b""
+        self._kept_at = 0
 
     def readable(self) -> bool:
         return True
@@ -279,11 +316,31 @@ class _UploadStream:
     def tell(self) -> int:
         return self._pos
 
+    def can_seek(self, offset: int) -> bool:
+        return self._kept_at <= offset <= self._kept_at + len(self._kept)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or not self.can_seek(offset):
+            raise ValueError(
+                f"cannot seek to {offset}: only bytes {self._kept_at}-"
+                f"{self._kept_at + len(self._kept)} of the stream are kept"
+            )
+        self._pos = offset
+        return offset
+
     def read(self, size: int | None = -1) -> bytes:
-        out = bytearray()
         want = -1 if size is None or size < 0 else size
-        if self._head:
-            take = len(self._head) if want < 0 else min(want, len(self._head))
+        out = bytearray()
+        if self._pos < self._kept_at + len(self._kept):  # replaying after a seek back
+            start = self._pos - self._kept_at
+            stop = len(self._kept) if want < 0 else min(len(self._kept), start + want)
+            out += self._kept[start:stop]
+            if stop < len(self._kept):  # wholly within the kept chunk, which stays
+                self._pos += len(out)
+                return bytes(out)
+        self._kept = b""  # what was needed is copied; the bytes read now replace it
+        if self._head and (want < 0 or len(out) < want):
+            take = len(self._head) if want < 0 else min(want - len(out), len(self._head))
             out += self._head[:take]
             self._head = self._head[take:]
         while want < 0 or len(out) < want:
@@ -294,8 +351,11 @@ class _UploadStream:
             if not chunk:
                 break
             out += chunk
-        self._pos += len(out)
-        return bytes(out)
+        data = bytes(out)
+        del out
+        self._kept, self._kept_at = data, self._pos
+        self._pos += len(data)
+        return data
 
 
 def _read_upto(source: BinaryIO, limit: int) -> bytes:
@@ -305,6 +365,192 @@ def _read_upto(source: BinaryIO, limit: int) -> bytes:
 
 def _align(size: int) -> int:
     return max(CHUNK_ALIGN, -(-size // CHUNK_ALIGN) * CHUNK_ALIGN)
+
+
+class _Resumable:
+    """One resumable upload, driven a request at a time so that each can be retried.
+
+    The SDK's own loop (`Blob.upload_from_file`) sends chunk after chunk and gives up on the
+    first failure; its `recover()` ignores our timeouts and needs a seekable stream. Here a
+    chunk whose outcome is unknown (an error, an answer cut or lost: the chunk may have been
+    stored) is followed, on the next attempt, by a status query on the session (an empty PUT
+    with `Content-Range: bytes */*`), and the upload resumes from the offset the session
+    reports as persisted, within the chunk kept in memory (`_UploadStream`). A session that
+    reports the upload complete is believed only for our whole object: its size and the
+    checksum computed over every byte sent. Everything else the SDK does as before: the
+    session request (metadata, `ifGenerationMatch=0`), chunk framing and `x-goog-hash` on the
+    last chunk, which the server checks.
+    """
+
+    def __init__(
+        self,
+        owner: GCSStorage,
+        blob: Any,
+        key: str,
+        stream: _UploadStream | io.BytesIO,
+        size: int | None,
+        if_absent: bool,
+    ) -> None:
+        self._owner = owner
+        self._blob = blob
+        self._key = key
+        self._where = f"{owner.url}/{key}"
+        self._stream = stream
+        self._size = size
+        self._if_absent = if_absent
+        self._upload: Any = None
+        self._transport: Any = None
+        self._unsure = False  # the last chunk's outcome is unknown: ask before going on
+        self.done = False
+
+    @property
+    def offset(self) -> int:
+        return 0 if self._upload is None else int(self._upload.bytes_uploaded)
+
+    def start(self) -> None:
+        """Open the upload session (a retry opens another: an unused one just expires)."""
+        owner = self._owner
+        with owner._edge("put", self._key, inner=True):
+            self._upload, self._transport = self._blob._initiate_resumable_upload(
+                owner._get_client(),
+                self._stream,
+                CONTENT_TYPE,
+                self._size,
+                if_generation_match=0 if self._if_absent else None,
+                timeout=owner._timeout,
+                checksum=CHECKSUM,
+                retry=None,
+            )
+
+    def send(self) -> None:
+        """One attempt at the next chunk (after a status query if the last one is unsure)."""
+        with self._owner._edge("put", self._key, inner=True):
+            if self._unsure:
+                self._resync()
+                if self.done:
+                    return
+            upload = self._upload
+            self._unsure = True
+            try:
+                upload.transmit_next_chunk(self._transport, timeout=self._owner._timeout)
+            except DataCorruption as exc:
+                self._corrupt(exc.response)
+            self._unsure = False
+            if upload.finished:
+                self.done = True
+            elif upload.bytes_uploaded != self._stream.tell():
+                # The server kept less of the chunk than was sent: resend the rest.
+                self._seek(upload.bytes_uploaded)
+
+    def _resync(self) -> None:
+        """Ask the session what it persisted and go on from there."""
+        upload = self._upload
+        response = self._transport.request(
+            "PUT",
+            upload.resumable_url,
+            data=None,
+            headers={"Content-Range": "bytes */*"},
+            timeout=self._owner._timeout,
+        )
+        status = response.status_code
+        if status == 308:
+            persisted = 0
+            if "range" in response.headers:
+                match = _PERSISTED.fullmatch(response.headers["range"].strip())
+                if match is None:
+                    raise TransientStorageError(
+                        f"put {self._where}: unreadable upload status "
+                        f"(Range: {_oneline(response.headers['range'])})"
+                    )
+                persisted = int(match.group(1)) + 1
+            self._seek(persisted)
+            upload._bytes_uploaded = persisted
+            upload._invalid = False
+            upload._finished = False
+            self._unsure = False
+        elif status in (200, 201):
+            self._completed(response)
+        elif status in _SESSION_GONE:
+            raise _Abandon(
+                TransientStorageError(
+                    f"put {self._where}: the upload session is gone (HTTP {status})",
+                    hint="the upload must start again; it is safe to retry",
+                )
+            )
+        else:
+            raise InvalidResponse(response, "upload status query failed", status)
+
+    def _completed(self, response: requests.Response) -> None:
+        """The session says the upload is complete: done if the object is ours, whole."""
+        resource = response.json()
+        if not isinstance(resource, dict) or resource.get("size") is None:
+            raise TransientStorageError(
+                f"put {self._where}: incomplete upload status (no object size)",
+                hint="the response was cut short; it is safe to retry",
+            )
+        upload = self._upload
+        total, size = upload.total_bytes, int(resource["size"])
+        if total is None or size != total:
+            # Not our last chunk's doing (it carries the total): fake-gcs-server finalizes
+            # an upload when asked for its status. That object, made by our session, goes.
+            self._discard(resource)
+            raise _Abandon(
+                TransientStorageError(
+                    f"put {self._where}: the upload session was finalized with {size} "
+                    f"bytes of {total if total is not None else 'more'}",
+                    hint="the upload must start again; it is safe to retry",
+                )
+            )
+        upload._finished = True
+        try:
+            upload._validate_checksum(response)
+        except DataCorruption:
+            self._corrupt(response)
+        self.done = True
+
+    def _seek(self, offset: int) -> None:
+        """Resume at `offset`, which must lie within the bytes sent and still kept."""
+        stream = self._stream
+        sent = stream.tell()
+        kept = stream.can_seek(offset) if isinstance(stream, _UploadStream) else True
+        if offset > sent or not kept:
+            raise _Abandon(
+                TransientStorageError(
+                    f"put {self._where}: the upload session reports {offset} bytes persisted, "
+                    f"{sent} were sent and only the last chunk is kept",
+                    hint="the upload must start again; it is safe to retry",
+                )
+            )
+        stream.seek(offset)
+
+    def _corrupt(self, response: requests.Response) -> None:
+        """The stored object's checksum is not ours: remove it (as the SDK does) and fail."""
+        with contextlib.suppress(Exception):
+            self._discard(response.json())
+        error = map_error(
+            DataCorruption(response, "checksum mismatch"),
+            op="put",
+            bucket=self._owner.bucket_name,
+            key=self._blob.name,
+        )
+        raise _Abandon(error)
+
+    def _discard(self, resource: object) -> None:
+        """Delete the generation our session created (best effort, logged)."""
+        generation = resource.get("generation") if isinstance(resource, dict) else None
+        if generation is None:
+            return
+        try:
+            self._owner._bucket().blob(self._blob.name).delete(
+                if_generation_match=int(generation), timeout=self._owner._timeout, retry=None
+            )
+        except Exception as exc:  # the upload's own error matters more
+            log.warning(
+                "could not remove %s (generation %s) left by a failed upload: %s",
+                self._where,
+                generation,
+                map_error(exc, op="delete", bucket=self._owner.bucket_name, key=self._blob.name),
+            )
 
 
 class _GCSReader(ClosingReader):
@@ -393,11 +639,27 @@ class _BatchUnsupported(Exception):
     """The endpoint has no JSON batch API (fake-gcs-server)."""
 
 
+def _no_batch_api(answer: requests.Response | None) -> bool:
+    """Whether a (complete) batch answer the SDK could not use shows that the endpoint has no
+    batch API: an answer that is not multipart, or multipart without a single part. One with
+    parts missing or malformed was damaged on the way."""
+    if answer is None:
+        return False
+    content_type = answer.headers.get("content-type", "")
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    if not content_type.lower().startswith("multipart/") or boundary is None:
+        return True
+    delimiter = b"--" + boundary.group(1).encode()
+    body = answer.content
+    return body.count(delimiter) == body.count(delimiter + b"--")
+
+
 class GCSStorage:
     """Objects below `prefix` in one Google Cloud Storage bucket.
 
     `options.extra` knobs: `list_page_size` (default 1000), `gcs_read_chunk` (bytes per
-    ranged GET, default 32 MiB).
+    ranged GET, default 32 MiB), `gcs_upload_chunk` (bytes per resumable upload chunk,
+    rounded up to 256 KiB; default 8-64 MiB from the size hint).
     """
 
     def __init__(self, bucket: str, prefix: str, options: StorageOptions) -> None:
@@ -409,23 +671,44 @@ class GCSStorage:
         self._timeout = (options.connect_timeout, options.read_timeout)
         self._page_size = int(options.extra.get("list_page_size", LIST_PAGE_SIZE))
         self._read_chunk = int(options.extra.get("gcs_read_chunk", READ_CHUNK))
+        self._upload_chunk = int(options.extra.get("gcs_upload_chunk", 0))
         self._lock = threading.Lock()
         self._batch_lock = threading.Lock()
         self._client: Any = None
         self._batch_client: Any = None
         # Batch support and bucket existence are learnt once per instance.
         self._batch_ok = True
+        self._batch_answer: requests.Response | None = None
         self._bucket_seen = False
+        # Until the retry layer hands over its policy (retry_parts_with), one try per request.
+        self._run_part: RetryRunner = lambda _what, fn: fn()
+
+    def retry_parts_with(self, run: RetryRunner) -> None:
+        """Retry each request of a resumable upload with `run` (the retry layer's policy): the
+        chunk in flight is kept in memory and resumed from what the session persisted, whereas
+        the stream it came from cannot be replayed, so without this one lost chunk would fail
+        a whole backup part."""
+        self._run_part = run
 
     # -- helpers ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _edge(self, op: str, key: str = "") -> Iterator[None]:
-        """Map every exception escaping the block to a typed error (the module's only edge)."""
+    def _edge(self, op: str, key: str = "", *, inner: bool = False) -> Iterator[None]:
+        """Map every exception escaping the block to a typed error (the module's only edge).
+
+        `inner`: one retried request of an upload, whose caller's-stream errors and abandoned
+        sessions must pass the retry runner untouched; the upload's outer edge unwraps them.
+        """
         try:
             yield
         except _SourceError as exc:
+            if inner:
+                raise
             raise exc.original from None
+        except _Abandon as exc:
+            if inner:
+                raise
+            raise exc.error from exc.__cause__
         except CloudbmError:
             raise
         except Exception as exc:
@@ -561,7 +844,7 @@ class GCSStorage:
                     self._put_small(name, key, head, metadata, if_absent)
                     return
             stream, size = _UploadStream(head, data), None
-        chunk = min(
+        chunk = self._upload_chunk or min(
             MAX_CHUNK,
             part_size_for(
                 size or size_hint or self.options.max_object_size,
@@ -593,23 +876,41 @@ class GCSStorage:
         metadata: Mapping[str, str] | None,
         if_absent: bool,
     ) -> None:
-        resumable = size is None or size > SINGLE_REQUEST_MAX
-        if if_absent and resumable:
-            self._refuse_existing(key)
         blob = self._bucket().blob(name, chunk_size=chunk)
         if metadata:
             blob.metadata = dict(metadata)
-        with self._edge("put", key):
-            blob.upload_from_file(
-                stream,
-                size=size,
-                content_type=CONTENT_TYPE,
-                if_generation_match=0 if if_absent else None,
-                checksum=CHECKSUM,
-                timeout=self._timeout,
-                retry=None,
-            )
+        if size is None or size > SINGLE_REQUEST_MAX:
+            self._upload_resumable(blob, key, stream, size, if_absent)
+        else:
+            with self._edge("put", key):
+                blob.upload_from_file(
+                    stream,
+                    size=size,
+                    content_type=CONTENT_TYPE,
+                    if_generation_match=0 if if_absent else None,
+                    checksum=CHECKSUM,
+                    timeout=self._timeout,
+                    retry=None,
+                )
         self._bucket_seen = True
+
+    def _upload_resumable(
+        self,
+        blob: Any,
+        key: str,
+        stream: _UploadStream | io.BytesIO,
+        size: int | None,
+        if_absent: bool,
+    ) -> None:
+        """A resumable upload, each of its requests retried with the runner."""
+        where = f"{self.url}/{key}"
+        if if_absent:
+            self._run_part(f"head {where}", lambda: self._refuse_existing(key))
+        upload = _Resumable(self, blob, key, stream, size, if_absent)
+        with self._edge("put", key):
+            self._run_part(f"put {where} (session)", upload.start)
+            while not upload.done:
+                self._run_part(f"put {where} from byte {upload.offset}", upload.send)
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> _GCSReader:
         """Open `key` (or [start, end)) for streaming in ranged chunks."""
@@ -685,15 +986,24 @@ class GCSStorage:
         with self._batch_lock, self._edge("delete", names[0][len(self._root) :]):
             if self._batch_client is None:
                 self._batch_client = self._make_client()
+                self._batch_client._http.hooks["response"].append(self._keep_batch_answer)
             client = self._batch_client
             bucket = client.bucket(self.bucket_name)
             batch = client.batch(raise_exception=False)
+            self._batch_answer = None
             try:
                 with batch:
                     for name in names:
                         bucket.delete_blob(name, timeout=self._timeout, retry=None)
-            except ValueError:
-                # fake-gcs-server answers the batch endpoint with a non-multipart body.
+            except ValueError as exc:
+                # The SDK could not match the answer to the deletes: an endpoint without a
+                # batch API (fake-gcs-server answers an empty multipart body), or an answer
+                # damaged on the way, which must not turn the batch API off for good.
+                if not _no_batch_api(self._batch_answer):
+                    raise TransientStorageError(
+                        f"delete {self.url}: malformed batch answer ({_oneline(exc)})",
+                        hint="it is safe to retry",
+                    ) from exc
                 unsupported = True
             except (api_exc.NotFound, api_exc.MethodNotAllowed, api_exc.MethodNotImplemented):
                 unsupported = True
@@ -712,6 +1022,11 @@ class GCSStorage:
                 bucket=self.bucket_name,
                 key=name,
             )
+
+    def _keep_batch_answer(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Response hook of the batch client: the last batch answer, for `_no_batch_api`."""
+        if "/batch/" in str(response.request.url):
+            self._batch_answer = response
 
     def _delete_each(self, names: Names) -> None:
         bucket = self._bucket()

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -54,6 +54,7 @@ from cloudbm.errors import (
 )
 from cloudbm.storage.base import MiB, StorageOptions
 from cloudbm.storage.gcs import GCSStorage, map_error
+from cloudbm.storage.retry import RetryingStorage, RetryPolicy
 from tests.conftest import ChunkedStream, payload
 from tests.unit.scripted_http import CUT_HEADERS, Request, ScriptedServer, response
 
@@ -571,6 +572,173 @@ def test_resumable_upload_session_follows_the_configured_endpoint() -> None:
             assert elsewhere.lines == []
             assert server.lines[-1].startswith("PUT /upload/storage/v1/b/bkt/o?")
             assert "upload_id=u1" in server.lines[-1]
+
+
+# -- resumable uploads: a chunk whose answer was lost resumes where the session says -------
+#
+# Neither emulator persists part of a chunk or lies about what it holds, and fake-gcs-server
+# has no status query at all (tests/integration/gcs_sessions.py), so the protocol's corners
+# are scripted here: GCS's rules, byte for byte, with the SDK's own requests.
+
+CHUNK = 256 * 1024
+SESSION = "http://elsewhere.invalid/upload/storage/v1/b/bkt/o?uploadType=resumable&upload_id=u1"
+
+
+class _Session:
+    """One resumable upload session as GCS keeps it. A chunk must start where the persisted
+    bytes end; a status query (`Content-Range: bytes */*`) answers 308 with the persisted
+    range, or 200 with the object once complete. `plan` says what becomes of each chunk
+    request in turn (then "ok"): "half" (only half of it is persisted, as GCS may do),
+    "lost" (stored, its answer cut inside the headers), "refused" (503, nothing stored),
+    "overclaim" (stored, the 308 claims a chunk more than was sent), "gone" (nothing stored,
+    the answer cut, and the session expires)."""
+
+    def __init__(self, *plan: str) -> None:
+        self.plan = list(plan)
+        self.data = bytearray()
+        self.final: bytes | None = None
+        self.gone = False
+        self.chunks = 0
+        self.queries = 0
+        self.misplaced = 0
+
+    def _status(self) -> bytes:
+        if self.gone:
+            return response(404, b"No such upload")
+        if self.final is not None:
+            return self.final
+        if not self.data:
+            return response(308, reason="Resume Incomplete")
+        last = len(self.data) - 1
+        return response(308, headers={"Range": f"bytes=0-{last}"}, reason="Resume Incomplete")
+
+    def __call__(self, request: Request) -> bytes:
+        if request.method == "POST":
+            return response(200, headers={"Location": SESSION})
+        content_range = request.headers.get("content-range", "")
+        if content_range == "bytes */*":
+            self.queries += 1
+            return self._status()
+        if self.gone or self.final is not None:
+            return self._status()
+        first, _, total = content_range.removeprefix("bytes ").partition("/")
+        start = int(total) if first == "*" else int(first.split("-")[0])
+        if start != len(self.data):
+            self.misplaced += 1
+            return response(400, b"chunk does not start at the persisted offset")
+        self.chunks += 1
+        what = self.plan.pop(0) if self.plan else "ok"
+        if what == "refused":
+            return response(503, b"busy")
+        if what == "gone":
+            self.gone = True
+            return CUT_HEADERS
+        self.data += request.body[: len(request.body) // 2] if what == "half" else request.body
+        if total != "*" and len(self.data) == int(total):
+            body = bytes(self.data)
+            crc = base64.b64encode(google_crc32c.Checksum(body).digest()).decode()
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+            self.final = _json(_object(size=len(body), crc32c=crc, md5Hash=md5))
+        if what == "overclaim":
+            return response(308, headers={"Range": f"bytes=0-{len(self.data) + CHUNK - 1}"})
+        return CUT_HEADERS if what == "lost" else self._status()
+
+
+def _retried_upload(url: str) -> RetryingStorage:
+    """A backend with 512 KiB chunks, wrapped as the commands wrap it (no backoff pauses)."""
+    backend = GCSStorage(
+        "bkt",
+        "p",
+        StorageOptions(
+            gcs_endpoint_url=url,
+            connect_timeout=2,
+            read_timeout=2,
+            multipart_threshold=CHUNK,
+            extra={"gcs_upload_chunk": str(2 * CHUNK)},
+        ),
+    )
+    return RetryingStorage(backend, RetryPolicy(max_attempts=5, sleep=lambda _: None))
+
+
+def test_a_streamed_upload_resumes_each_chunk_from_what_the_session_persisted() -> None:
+    data = payload(5 * CHUNK + 1000, seed=21)  # chunks of 512 KiB, the last one short
+    # 512 KiB stored; 256 of the next 512 KiB; 512 KiB whose answer is cut; the last chunk
+    # refused, then stored with its answer cut.
+    session = _Session("ok", "half", "lost", "refused", "lost")
+    with ScriptedServer(session) as server:
+        store = _retried_upload(server.url)
+        store.put("k", cast(BinaryIO, ChunkedStream(data)), size_hint=len(data))
+        store.close()
+    assert bytes(session.data) == data
+    assert session.misplaced == 0
+    # After the two cut answers and the 503, never after a 308.
+    assert (session.chunks, session.queries) == (5, 3)
+
+
+def test_a_session_claiming_bytes_that_were_never_sent_fails_the_upload() -> None:
+    """Going on would skip bytes (a corrupt object); the stream cannot be rewound, so the
+    put fails, retryable, without a request more."""
+    data = payload(3 * CHUNK, seed=22)
+    session = _Session("overclaim")
+    with ScriptedServer(session) as server:
+        store = _retried_upload(server.url)
+        with pytest.raises(TransientStorageError, match="persisted") as failed:
+            store.put("k", cast(BinaryIO, ChunkedStream(data)), size_hint=len(data))
+        store.close()
+        assert failed.value.retryable
+    assert (session.chunks, session.queries) == (1, 0)
+
+
+def test_an_expired_session_fails_the_upload_at_once() -> None:
+    data = payload(3 * CHUNK, seed=23)
+    session = _Session("ok", "gone")
+    with ScriptedServer(session) as server:
+        store = _retried_upload(server.url)
+        with pytest.raises(TransientStorageError, match="session is gone"):
+            store.put("k", cast(BinaryIO, ChunkedStream(data)), size_hint=len(data))
+        store.close()
+    assert (session.chunks, session.queries) == (2, 1)
+
+
+# -- batch deletes: only an endpoint without a batch API turns the batch API off ------------
+
+
+def _batch_server(parts: int) -> ScriptedServer:
+    """A batch endpoint answering `parts` 204 sub-responses in a complete multipart body,
+    and 204 to every per-key DELETE."""
+    part = "--b1\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n\r\n"
+    body = ("\r\n" + part * parts + "--b1--\r\n").encode()
+
+    def answer(request: Request) -> bytes:
+        if request.target.startswith("/batch/"):
+            return response(200, body, {"Content-Type": "multipart/mixed; boundary=b1"})
+        return response(204)
+
+    return ScriptedServer(answer)
+
+
+def test_a_damaged_batch_answer_is_transient_and_keeps_the_batch_api() -> None:
+    # Two deletes, one sub-response: the answer is damaged, not a sign of a missing API.
+    with _batch_server(parts=1) as server:
+        backend = _scripted(server.url)
+        with pytest.raises(TransientStorageError, match="batch"):
+            backend.delete_many(["a", "b"])
+        assert backend._batch_ok is True
+        backend.close()
+        assert not [line for line in server.lines if line.startswith("DELETE")]
+
+
+def test_a_batch_answer_without_parts_means_no_batch_api() -> None:
+    # fake-gcs-server's answer: an empty multipart body. Per-key deletes from then on.
+    with _batch_server(parts=0) as server:
+        backend = _scripted(server.url)
+        backend.delete_many(["a", "b"])
+        assert backend._batch_ok is False
+        backend.delete_many(["c"])
+        backend.close()
+        batches = [line for line in server.lines if line.startswith("POST /batch/")]
+        deletes = [line for line in server.lines if line.startswith("DELETE")]
+        assert len(batches) == 1 and len(deletes) == 3
 
 
 def test_no_background_bucket_lookups() -> None:
