@@ -10,6 +10,11 @@ Choices worth knowing:
   flight (the SDK would fix the block size per client, not per upload).
 * put-if-absent is `If-None-Match: *` (on Put Blob or on Put Block List); block uploads also
   look the key up first so a conflict is found before the data moves.
+* Each request of a block upload (the look-up, every Put Block, Put Block List) is retried with
+  the retry layer's runner (`retry_parts_with`): a backup part is a stream that cannot be sent
+  twice, while a block in memory can be staged again under its id. A conditional commit that
+  meets a conflict after an attempt whose answer was lost is ours when the blob's committed
+  blocks carry our upload id.
 * Reads stream the SDK downloader's chunks; it pins the ETag of the first response, so a
   concurrent overwrite fails the read (412) instead of mixing versions. Download MD5 checks
   are off by default (they cap chunks at 4 MiB; the object envelope is authenticated anyway)
@@ -35,6 +40,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -73,7 +79,14 @@ from cloudbm.errors import (
     StorageUnavailableError,
     TransientStorageError,
 )
-from cloudbm.storage.base import ClosingReader, MiB, ObjectInfo, StorageOptions, part_size_for
+from cloudbm.storage.base import (
+    ClosingReader,
+    MiB,
+    ObjectInfo,
+    RetryRunner,
+    StorageOptions,
+    part_size_for,
+)
 
 BATCH_SIZE = 256  # blob batch limit
 MAX_BLOCKS = 50_000
@@ -275,6 +288,10 @@ class _SourceError(Exception):
         self.original = original
 
 
+class _Stopped(Exception):
+    """A block upload given up because another block of the same blob failed for good."""
+
+
 class _Markers:
     """Continuation markers seen while listing: (prefix, last key of a page) -> the marker of
     the page after it. Only the latest listing of a prefix counts: a marker names the next
@@ -383,7 +400,8 @@ class AzureStorage:
     """Block blobs below `prefix` in one Azure Blob Storage container.
 
     `options.extra` knobs: `list_page_size` (default 5000), `azure_validate_download`
-    ("true" to MD5-check every downloaded chunk).
+    ("true" to MD5-check every downloaded chunk), `azure_block_size` (bytes per staged block;
+    default 4 MiB and up, from the size hint and the 50,000-block limit).
     """
 
     def __init__(self, container: str, prefix: str, options: StorageOptions) -> None:
@@ -394,11 +412,21 @@ class AzureStorage:
         self._root = f"{self.prefix}/" if self.prefix else ""
         self._page_size = int(options.extra.get("list_page_size", LIST_PAGE_SIZE))
         self._validate_download = options.extra.get("azure_validate_download", "") == "true"
+        self._block_size = int(options.extra.get("azure_block_size", 0))
+        # Until the retry layer hands over its policy (retry_parts_with), one try per request.
+        self._run_part: RetryRunner = lambda _what, fn: fn()
         self._batch_ok = True
         self._markers = _Markers()
         self._lock = threading.Lock()
         self._service = self._make_service()
         self._container: ContainerClient = self._service.get_container_client(container)
+
+    def retry_parts_with(self, run: RetryRunner) -> None:
+        """Retry each request of a block upload with `run` (the retry layer's policy): a block
+        is in memory and staging it again under its id is harmless, whereas the stream it came
+        from cannot be replayed, so without this one lost block would fail a whole backup
+        part."""
+        self._run_part = run
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -562,59 +590,107 @@ class AzureStorage:
         metadata: Mapping[str, str] | None,
         if_absent: bool,
     ) -> None:
+        where = f"{self.url}/{key}"
         if if_absent:
-            self._refuse_existing(key)
-        block_size = min(
+            self._run_part(f"head {where}", lambda: self._refuse_existing(key))
+        block_size = self._block_size or min(
             MAX_BLOCK,
             part_size_for(
                 size or self.options.max_object_size, max_parts=MAX_BLOCKS, min_part=MIN_BLOCK
             ),
         )
         # Block ids must have one length per blob; a random upload id keeps two writers'
-        # uncommitted blocks apart.
+        # uncommitted blocks apart, and tells our committed blocks from anyone else's.
         upload_id = uuid.uuid4().hex
         ids: Names = []
         workers = max(1, self.options.max_concurrency)
         pending = memoryview(head)
         empty = False
+        # Set when a block failed for good: the others stop retrying.
+        stop = threading.Event()
         with self._edge("put", key), ThreadPoolExecutor(workers, "azure-put") as pool:
             in_flight: set[Future[Any]] = set()
-            while True:
-                block = bytes(pending[:block_size])
-                pending = pending[len(block) :]
-                if len(block) < block_size and source is not None:
-                    block += _read_upto(source, block_size - len(block))
-                if not block:
-                    empty = not ids
-                    break
-                block_id = f"{upload_id}-{len(ids):08d}"
-                if len(in_flight) >= workers:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                in_flight.add(
-                    pool.submit(
-                        blob.stage_block, block_id, block, len(block), validate_content=True
+            try:
+                while True:
+                    block = bytes(pending[:block_size])
+                    pending = pending[len(block) :]
+                    if len(block) < block_size and source is not None:
+                        block += _read_upto(source, block_size - len(block))
+                    if not block:
+                        empty = not ids
+                        break
+                    block_id = f"{upload_id}-{len(ids):08d}"
+                    last = len(block) < block_size
+                    if len(in_flight) >= workers:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()
+                    # At most `workers` blocks in flight (each held until staged, retries
+                    # included) and one being read.
+                    stage = functools.partial(self._stage, blob, key, block_id, block, stop)
+                    in_flight.add(
+                        pool.submit(self._run_part, f"put {where} block {len(ids)}", stage)
                     )
-                )
-                ids.append(block_id)
-                if len(block) < block_size:
-                    break
-            for future in in_flight:
-                future.result()
+                    del block, stage
+                    ids.append(block_id)
+                    if last:
+                        break
+                for future in in_flight:
+                    future.result()
+            except BaseException:
+                stop.set()
+                raise
         if empty:
             # A stream announced as large turned out empty: Put Blob takes zero bytes.
             self._put_single(blob, key, b"", metadata, if_absent)
             return
+        self._commit(blob, key, ids, metadata, if_absent)
+
+    def _stage(
+        self, blob: BlobClient, key: str, block_id: str, block: bytes, stop: threading.Event
+    ) -> None:
+        """One attempt at staging one block (idempotent: same id, same bytes)."""
+        if stop.is_set():
+            raise _Stopped  # not a StorageError: the runner lets it through at once
         with self._edge("put", key):
-            conditions: dict[str, Any] = (
-                {"match_condition": MatchConditions.IfMissing} if if_absent else {}
-            )
-            blob.commit_block_list(
-                [BlobBlock(block_id=i) for i in ids],
-                metadata=self._encode(metadata),
-                **conditions,
-            )
+            blob.stage_block(block_id, block, len(block), validate_content=True)
+
+    def _commit(
+        self,
+        blob: BlobClient,
+        key: str,
+        ids: Names,
+        metadata: Mapping[str, str] | None,
+        if_absent: bool,
+    ) -> None:
+        """Put Block List, retried. With if_absent, a conflict after an attempt whose answer
+        was lost is our own commit when the blob's committed blocks are exactly ours."""
+        conditions: dict[str, Any] = (
+            {"match_condition": MatchConditions.IfMissing} if if_absent else {}
+        )
+        attempts = 0
+
+        def commit() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                with self._edge("put", key):
+                    blob.commit_block_list(
+                        [BlobBlock(block_id=i) for i in ids],
+                        metadata=self._encode(metadata),
+                        **conditions,
+                    )
+            except ObjectExistsError:
+                if attempts == 1 or not self._committed(blob, key, ids):
+                    raise
+
+        self._run_part(f"put {self.url}/{key} (commit)", commit)
+
+    def _committed(self, blob: BlobClient, key: str, ids: Names) -> bool:
+        """Whether the blob's committed block list is `ids` (ours: they carry our upload id)."""
+        with self._edge("put", key):
+            committed, _ = blob.get_block_list("committed")
+        return [block.id for block in committed] == ids
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> _AzureReader:
         """Open `key` (or [start, end)) for streaming."""
