@@ -262,19 +262,13 @@ def _history(repo: Repository, tli: int, info: ObjectInfo) -> list[timeline.Swit
     (PostgreSQL reads the target timeline's only: it lists every ancestor)."""
     raw, _ = repo.get_bytes(info.key)
     try:
-        # The reason column may be in any server encoding (restore point names): only the
-        # ASCII fields are read, so no decoding error can be taken for a bad file.
-        switches = timeline.parse_history(raw.decode("utf-8", errors="surrogateescape"))
-        problem = recovery_target.history_problem(tli, [(s.parent, s.lsn) for s in switches])
-    except ValueError as exc:
-        switches, problem = [], str(exc)
-    if problem:
+        return timeline.read_history(raw, tli)
+    except timeline.HistoryError as exc:
         raise IntegrityError(
-            f"{repo.storage.url}/{info.key} is not a valid history of timeline {tli}: {problem}",
+            f"{repo.storage.url}/{info.key} is not a valid history of timeline {tli}: {exc}",
             hint=f"recovery along timeline {tli} needs it (PostgreSQL would refuse it too); "
             "put a good copy in place, or choose another timeline with --target-tli",
-        )
-    return switches
+        ) from None
 
 
 def _target_timeline(

@@ -310,16 +310,3 @@ def unreachable(target: RecoveryTarget, reach: Reach) -> str | None:
                 f"{reach.timeline}: recovery would end before reaching it"
             )
     return None
-
-
-def history_problem(tli: int, parents: list[tuple[int, int]]) -> str | None:
-    """What PostgreSQL would refuse in the history file of timeline `tli`, given its entries
-    as (parent timeline, switch LSN), oldest first; None if it would read it."""
-    previous = 0
-    for parent, _lsn in parents:
-        if parent <= previous:
-            return f"timeline {parent} follows timeline {previous}: ids must increase"
-        if parent >= tli:
-            return f"it names timeline {parent} as an ancestor of timeline {tli}"
-        previous = parent
-    return None

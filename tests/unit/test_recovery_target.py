@@ -16,7 +16,6 @@ from cloudbm.pg.recovery_target import (
     check_name,
     earliest_time,
     format_time,
-    history_problem,
     normalise,
     parse_lsn,
     parse_time,
@@ -270,24 +269,3 @@ def test_reach_explains_itself_in_one_line() -> None:
         "2026-11-22 04:15:01+00 to about 2026-11-22 09:12:00+00 (when that segment was "
         "archived, +5 min for clock differences)"
     )
-
-
-# --- history files -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("tli", "parents", "says"),
-    [
-        (2, [(1, 0x3000000)], None),
-        (4, [(1, 0x3000000), (2, 0x5000000), (3, 0x5000000)], None),
-        (3, [(1, 0x3000000), (3, 0x5000000)], "as an ancestor of timeline 3"),
-        (9, [(2, 0x3000000), (1, 0x5000000)], "ids must increase"),
-        (9, [(2, 0x3000000), (2, 0x5000000)], "ids must increase"),
-        (5, [], None),  # PostgreSQL reads an empty history as a timeline without parents
-    ],
-)
-def test_history_files_postgresql_would_refuse(
-    tli: int, parents: list[tuple[int, int]], says: str | None
-) -> None:
-    problem = history_problem(tli, parents)
-    assert (problem is None) if says is None else (problem is not None and says in problem)
