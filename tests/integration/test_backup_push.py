@@ -231,29 +231,42 @@ def test_backup_on_every_supported_major(major: int, env_for: Any) -> None:
         _verify(site, summary, env_for)
 
 
+def _backup_caught_copying(site: Site) -> tuple[subprocess.Popen[str], Path]:
+    """A backup-push in the background, once it is copying (a bandwidth limit in the site's
+    configuration keeps it there); the process and the file repository's directory."""
+    init = site.pgbench("-i", "-s", "2", "-q")
+    assert init.wait(timeout=120) == 0
+    running = site.cloudbm_background("backup-push", "--no-progress")
+    repo_dir = Path(site.target.url.removeprefix("file://"))
+    deadline = time.monotonic() + 60
+    while not list(repo_dir.glob("backups/*/data/part-00001*")):
+        assert running.poll() is None, running.communicate()
+        assert time.monotonic() < deadline, "backup never started copying"
+        time.sleep(0.1)
+    return running, repo_dir
+
+
+def _signal_backup(site: Site, signum: int) -> None:
+    """Signal the cloudbm process itself, not runuser (its parent, which would end the
+    session with a signal of its own)."""
+    pids = subprocess.run(
+        ["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for pid in pids:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "runuser":
+            os.kill(int(pid), signum)
+
+
 def test_killed_backup_never_looks_done_and_a_second_run_is_refused(env_for: Any) -> None:
     # A bandwidth limit keeps the first run busy long enough to be caught mid-copy.
     with make_site("local", None, extra_keys={"bandwidth_limit": 256}) as site:
-        init = site.pgbench("-i", "-s", "2", "-q")
-        assert init.wait(timeout=120) == 0
-        first = site.cloudbm_background("backup-push", "--no-progress")
-        repo_dir = Path(site.target.url.removeprefix("file://"))
-        deadline = time.monotonic() + 60
-        while not list(repo_dir.glob("backups/*/data/part-00001*")):
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "backup never started copying"
-            time.sleep(0.1)
+        first, repo_dir = _backup_caught_copying(site)
         second = site.cloudbm("backup-push")
         assert second.returncode == 3, second.stderr
         assert "another backup-push" in second.stderr
-        # kill -9 the cloudbm process itself (runuser is its parent)
-        pids = subprocess.run(
-            ["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
+        _signal_backup(site, signal.SIGKILL)
         first.wait(timeout=30)
         assert not list(repo_dir.glob("backups/*/manifest.json"))
         listed = site.cloudbm("--json", "backup-list")
@@ -269,23 +282,8 @@ def test_killed_backup_never_looks_done_and_a_second_run_is_refused(env_for: Any
 def test_a_terminated_backup_is_recorded_failed_and_frees_its_lease(env_for: Any) -> None:
     # systemctl stop sends SIGTERM: the run must say how it ended, not vanish mid-write.
     with make_site("local", None, extra_keys={"bandwidth_limit": 256}) as site:
-        init = site.pgbench("-i", "-s", "2", "-q")
-        assert init.wait(timeout=120) == 0
-        first = site.cloudbm_background("backup-push", "--no-progress")
-        repo_dir = Path(site.target.url.removeprefix("file://"))
-        deadline = time.monotonic() + 60
-        while not list(repo_dir.glob("backups/*/data/part-00001*")):
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "backup never started copying"
-            time.sleep(0.1)
-        pids = subprocess.run(
-            ["pgrep", "-f", f"{CLOUDBM} --config {site.config} backup-push"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        for pid in pids:  # the cloudbm process, not runuser (which would kill the session)
-            if Path(f"/proc/{pid}/comm").read_text().strip() != "runuser":
-                os.kill(int(pid), signal.SIGTERM)
+        first, repo_dir = _backup_caught_copying(site)
+        _signal_backup(site, signal.SIGTERM)
         _out, err = first.communicate(timeout=60)
         assert first.returncode == 143, err
         assert "stopped by SIGTERM" in err
