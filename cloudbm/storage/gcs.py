@@ -334,7 +334,7 @@ class _UploadStream:
         if self._pos < self._kept_at + len(self._kept):  # replaying after a seek back
             start = self._pos - self._kept_at
             stop = len(self._kept) if want < 0 else min(len(self._kept), start + want)
-            out += self._kept[start:stop]
+            out += memoryview(self._kept)[start:stop]
             if stop < len(self._kept):  # wholly within the kept chunk, which stays
                 self._pos += len(out)
                 return bytes(out)

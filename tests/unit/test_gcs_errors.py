@@ -53,7 +53,7 @@ from cloudbm.errors import (
     TransientStorageError,
 )
 from cloudbm.storage.base import MiB, StorageOptions
-from cloudbm.storage.gcs import GCSStorage, map_error
+from cloudbm.storage.gcs import GCSStorage, _UploadStream, map_error
 from cloudbm.storage.retry import RetryingStorage, RetryPolicy
 from tests.conftest import ChunkedStream, payload
 from tests.unit.scripted_http import CUT_HEADERS, Request, ScriptedServer, response
@@ -658,6 +658,20 @@ def _retried_upload(url: str) -> RetryingStorage:
         ),
     )
     return RetryingStorage(backend, RetryPolicy(max_attempts=5, sleep=lambda _: None))
+
+
+def test_the_upload_stream_can_go_back_within_its_last_chunk_only() -> None:
+    data = payload(1000, seed=20)
+    stream = _UploadStream(data[:100], cast(BinaryIO, ChunkedStream(data[100:], chunk=7)))
+    assert stream.read(300) == data[:300] and stream.tell() == 300
+    stream.seek(150)
+    assert stream.read(50) == data[150:200]  # within the kept chunk, which stays kept
+    assert stream.read(300) == data[200:500]  # its rest, then new bytes: the new kept chunk
+    assert not stream.can_seek(199) and stream.can_seek(200) and stream.can_seek(500)
+    with pytest.raises(ValueError, match="kept"):
+        stream.seek(100)
+    stream.seek(450)
+    assert stream.read() == data[450:]
 
 
 def test_a_streamed_upload_resumes_each_chunk_from_what_the_session_persisted() -> None:
