@@ -467,6 +467,12 @@ class _Resumable:
             upload._bytes_uploaded = persisted
             upload._invalid = False
             upload._finished = False
+            if self._size is None and persisted == upload.total_bytes:
+                # Every byte is stored but the last request was lost: the empty one that
+                # carries the total of a stream ending at a chunk boundary. With the total
+                # known the SDK refuses to read nothing again; unknown, it finds the end of
+                # the stream once more and sends that request.
+                upload._total_bytes = None
             self._unsure = False
         elif status in (200, 201):
             self._completed(response)

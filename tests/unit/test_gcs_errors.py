@@ -689,6 +689,19 @@ def test_a_streamed_upload_resumes_each_chunk_from_what_the_session_persisted() 
     assert (session.chunks, session.queries) == (5, 3)
 
 
+def test_a_stream_ending_at_a_chunk_boundary_resends_its_empty_last_request() -> None:
+    """The total of such a stream travels in a last, empty request (`bytes */N`): refused
+    once, it is sent again (the SDK alone cannot: its stream is exhausted)."""
+    data = payload(4 * CHUNK, seed=24)  # two full chunks, then `bytes */1048576`
+    session = _Session("ok", "ok", "refused")
+    with ScriptedServer(session) as server:
+        store = _retried_upload(server.url)
+        store.put("k", cast(BinaryIO, ChunkedStream(data)), size_hint=len(data))
+        store.close()
+    assert bytes(session.data) == data and session.final is not None
+    assert (session.chunks, session.queries) == (4, 1)
+
+
 def test_a_session_claiming_bytes_that_were_never_sent_fails_the_upload() -> None:
     """Going on would skip bytes (a corrupt object); the stream cannot be rewound, so the
     put fails, retryable, without a request more."""
