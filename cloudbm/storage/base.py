@@ -9,10 +9,11 @@ Every backend must:
 * raise only the typed errors of `cloudbm.errors` (StorageError and subclasses), mapping SDK
   exceptions at its edge (an SDK that chokes on a malformed response, whatever it raises, is a
   TransientStorageError); `retryable=True` errors are retried by `storage.retry`, never inside
-  the backend by itself or by its SDK — with one exception: the parts of a multipart upload
-  (bytes the backend holds in memory, where the caller's stream cannot be replayed) are
-  retried through the runner the retry layer hands over (`PartRetries`), so one policy still
-  bounds and counts every attempt;
+  the backend by itself or by its SDK — with one exception: each request of an upload in
+  parts (S3 multipart, GCS resumable, Azure blocks: the start, every part held in memory, a
+  status query, the commit), where the caller's stream cannot be replayed, is retried through
+  the runner the retry layer hands over (`PartRetries`), so one policy still bounds and counts
+  every attempt;
 * bound every network call with the deadlines in `StorageOptions` (connect, read);
 * verify content on upload with a checksum the server checks (MD5/CRC32C/SHA-256 per provider);
 * import its SDK lazily (only the backend module imports boto3, google.cloud or azure).

@@ -481,11 +481,13 @@ class S3Storage:
     ) -> None:
         where = self._where(key)
         full = self._key(key)
+        # Every request of the upload, not only the parts, goes through the retry runner: the
+        # stream behind it cannot be replayed, so any one failure would fail the whole put.
         if if_absent:
             # Fail before uploading gigabytes; the conditional complete below closes the race on
             # AWS, but emulators and some S3-compatible stores ignore If-None-Match there.
             try:
-                self.head(key)
+                self._run_part(f"head {where}", functools.partial(self.head, key))
             except ObjectNotFoundError:
                 pass
             else:
@@ -493,17 +495,10 @@ class S3Storage:
                     f"S3 put {where}: object already exists, refusing to overwrite"
                 )
         part_size = self._part_size(size_hint)
-        crc = self._checksum_mode == "when_supported"
-        create_extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if crc else {}
-        op = "put (create multipart upload)"
-        try:
-            created = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=full, Metadata=meta, **create_extra
-            )
-        except SDK_ERRORS as exc:
-            raise map_error(exc, op, where) from exc
-        _check_response(created, op, where, "UploadId")
-        upload_id = created["UploadId"]
+        upload_id: str = self._run_part(
+            f"put {where} (create multipart upload)",
+            functools.partial(self._create_multipart, full, where, meta),
+        )
 
         # The head buffer is consumed first, then the rest of the stream.
         head_io = io.BytesIO(head)
@@ -560,19 +555,10 @@ class S3Storage:
                 fut.add_done_callback(done)
                 futures.append(fut)
             parts = [f.result() for f in futures]  # re-raises the first part failure
-            complete_extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-            op = "put (complete multipart upload)"
-            try:
-                completed = self._client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **complete_extra,
-                )
-            except SDK_ERRORS as exc:
-                raise map_error(exc, op, where) from exc
-            _check_response(completed, op, where, "ETag")
+            self._run_part(
+                f"put {where} (complete multipart upload)",
+                _Completion(self, key, full, where, upload_id, parts, if_absent),
+            )
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -581,6 +567,21 @@ class S3Storage:
                     f.exception()  # wait: no part may land after the abort
             self._abort(full, where, upload_id)
             raise
+
+    def _create_multipart(self, full: str, where: str, meta: dict[str, str]) -> str:
+        """Start a multipart upload; its id. (A retry after a lost answer starts another:
+        the orphan is never completed, and a lifecycle rule or the abort cleans it up.)"""
+        crc = self._checksum_mode == "when_supported"
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if crc else {}
+        op = "put (create multipart upload)"
+        try:
+            created = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, Metadata=meta, **extra
+            )
+        except SDK_ERRORS as exc:
+            raise map_error(exc, op, where) from exc
+        _check_response(created, op, where, "UploadId")
+        return str(created["UploadId"])
 
     def _upload_part(
         self, full: str, where: str, upload_id: str, number: int, chunk: bytes
@@ -821,6 +822,72 @@ class S3Storage:
 
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r})"
+
+
+def multipart_etag(parts: Sequence[CompletedPartTypeDef]) -> str:
+    """The ETag S3 gives an object completed from `parts`: the MD5 of the parts' MD5s, "-N"."""
+    digests = b"".join(bytes.fromhex(p["ETag"].strip('"')) for p in parts)
+    return f"{md5_digest(digests).hex()}-{len(parts)}"
+
+
+class _Completion:
+    """One complete-multipart-upload, callable again by the retry runner. When an earlier try
+    may have taken effect and its answer was lost, a retry meets a finished upload
+    (NoSuchUpload) or, with if_absent, the object it created (412): the object whose ETag is
+    the one these parts make is ours, and the put succeeded."""
+
+    def __init__(
+        self,
+        owner: S3Storage,
+        key: str,
+        full: str,
+        where: str,
+        upload_id: str,
+        parts: list[CompletedPartTypeDef],
+        if_absent: bool,
+    ) -> None:
+        self.owner = owner
+        self.key = key
+        self.full = full
+        self.where = where
+        self.upload_id = upload_id
+        self.parts = parts
+        self.if_absent = if_absent
+        self.tries = 0
+
+    def __call__(self) -> None:
+        self.tries += 1
+        op = "put (complete multipart upload)"
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.if_absent else {}
+        try:
+            completed = self.owner._client.complete_multipart_upload(
+                Bucket=self.owner.bucket,
+                Key=self.full,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+                **extra,
+            )
+        except SDK_ERRORS as exc:
+            error = map_error(exc, op, self.where)
+            if self.tries > 1 and _finished_or_taken(exc) and self._stored_is_ours():
+                return
+            raise error from exc
+        _check_response(completed, op, self.where, "ETag")
+
+    def _stored_is_ours(self) -> bool:
+        try:
+            info = self.owner.head(self.key)
+        except ObjectNotFoundError:
+            return False
+        return info.etag == multipart_etag(self.parts)
+
+
+def _finished_or_taken(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code in ("NoSuchUpload", *_EXISTS_CODES) or status in (404, 412)
 
 
 def _as_datetime(value: object) -> datetime | None:

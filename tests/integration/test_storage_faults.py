@@ -219,3 +219,32 @@ def test_a_stream_uploaded_in_parts_survives_failing_parts(
         assert hashlib.sha256(_read(store, "backups/x/data/part-00001")).digest() == (
             hashlib.sha256(data).digest()
         )
+
+
+@pytest.mark.parametrize("storage_target", ["s3"], indirect=True)
+@pytest.mark.parametrize("if_absent", [False, True], ids=["plain", "if-absent"])
+@pytest.mark.parametrize(
+    "only",
+    [r"^HEAD ", r"^POST .*[?]uploads", r"^POST .*uploadId="],
+    ids=["absence-check", "create", "complete"],
+)
+@pytest.mark.parametrize("kind", ["reset", "cut-headers", "drop-response"])
+def test_a_streamed_multipart_upload_survives_a_fault_on_its_other_requests(
+    storage_target: StorageTarget,
+    request: pytest.FixtureRequest,
+    only: str,
+    kind: str,
+    if_absent: bool,
+) -> None:
+    """Starting and completing a multipart upload (and the look-up before a create-if-absent
+    one) are requests too: a stream's upload must survive their failure as it does its parts'.
+    A complete whose answer was lost after it took effect is our object, not a conflict."""
+    data = payload(2 * MULTIPART_THRESHOLD + 1000, seed=9)
+    with _faulty(storage_target, request, rate=1.0, kinds=[kind], only=only, max_faults=2) as (
+        store,
+        proxy,
+    ):
+        stream = cast(BinaryIO, ChunkedStream(data))
+        store.put("backups/x/data/part-00002", stream, size_hint=len(data), if_absent=if_absent)
+        assert proxy.faults == 2 or (only == r"^HEAD " and not if_absent)
+        assert _read(store, "backups/x/data/part-00002") == data
