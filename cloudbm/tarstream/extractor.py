@@ -46,7 +46,6 @@ _META_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
 )
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 PENDING_SUFFIX = ".cloudbm-pending"  # a deferred member until the caller puts it in place
@@ -287,7 +286,7 @@ class TarPartReader(io.BufferedIOBase):
 
     def _file(self, src: SourceLike) -> Iterator[bytes]:
         try:
-            fd = os.open(src.source, os.O_RDONLY | _O_CLOEXEC)
+            fd = os.open(src.source, os.O_RDONLY)
         except FileNotFoundError:
             # Dropped or truncated away since the walk: WAL replay recreates what is needed.
             self.records.append(
@@ -633,7 +632,7 @@ class TarExtractor:
             target = pending_path(target)
         self._prepare_slot(target, rel)
         # O_NOFOLLOW: never write through a link that happens to sit at the member's name.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC | _O_NOFOLLOW
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_NOFOLLOW
         fd = os.open(target, flags, 0o600)
         digest = hashlib.sha256()
         try:
@@ -773,7 +772,7 @@ class TarExtractor:
         if self.fsync:
             for d in sorted(self._touched_dirs):
                 try:
-                    fd = os.open(d, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+                    fd = os.open(d, os.O_RDONLY | _O_DIRECTORY)
                 except FileNotFoundError:
                     continue
                 try:
