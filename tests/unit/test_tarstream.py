@@ -22,7 +22,7 @@ from cloudbm.tarstream import (
     pending_path,
     plan_parts,
 )
-from cloudbm.tarstream.extractor import _header
+from cloudbm.tarstream.writer import _header
 
 LONG_NAME = "base/16384/" + "n" * 150  # needs a pax header
 SIZES = {"empty": 0, "one": 1, "block": 512, "block_plus": 513, "big": 300_001}
