@@ -246,9 +246,11 @@ def test_multipart_abort_on_part_failure() -> None:
             http_status_code=500,
             expected_params={"Bucket": "bkt", "Key": "pg/main/big", "UploadId": "u1"},
         )
-        # threshold 64 MiB by default: 64 MiB + 1 byte forces multipart.
+        # threshold 64 MiB by default: 64 MiB + 1 byte forces multipart. The size hint makes
+        # it one part: the stub answers calls in order, and a second part in flight would race
+        # part 1 for the stubbed error.
         with pytest.raises(TransientStorageError, match="part 1"):
-            st.put("big", io.BytesIO(b"\0" * (64 * MiB + 1)))
+            st.put("big", io.BytesIO(b"\0" * (64 * MiB + 1)), size_hint=1 << 40)
         stub.assert_no_pending_responses()
     st.close()
 
