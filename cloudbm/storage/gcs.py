@@ -812,7 +812,7 @@ class GCSStorage:
 
     def _refuse_existing(self, key: str) -> None:
         try:
-            self._reload("head", key)
+            self.head(key)  # believes only complete metadata, never a cut answer
         except ObjectNotFoundError:
             return
         raise ObjectExistsError(

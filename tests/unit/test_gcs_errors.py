@@ -660,6 +660,27 @@ def _retried_upload(url: str) -> RetryingStorage:
     return RetryingStorage(backend, RetryPolicy(max_attempts=5, sleep=lambda _: None))
 
 
+def test_the_if_absent_look_up_believes_only_complete_metadata() -> None:
+    """A streamed put-if-absent looks the key up first; an answer without size or generation
+    proves nothing (it was cut short), so it is transient, as for `head`, never a conflict."""
+    resource = json.dumps({"kind": "storage#object", "name": "p/k", "bucket": "bkt"}).encode()
+    with ScriptedServer(lambda request: _json(resource)) as server:
+        backend = GCSStorage(
+            "bkt",
+            "p",
+            StorageOptions(
+                gcs_endpoint_url=server.url,
+                connect_timeout=2,
+                read_timeout=2,
+                multipart_threshold=CHUNK,
+            ),
+        )
+        source = cast(BinaryIO, ChunkedStream(payload(4 * CHUNK, seed=25)))
+        with pytest.raises(TransientStorageError, match="incomplete object metadata"):
+            backend.put("k", source, if_absent=True, size_hint=4 * CHUNK)
+        backend.close()
+
+
 def test_the_upload_stream_can_go_back_within_its_last_chunk_only() -> None:
     data = payload(1000, seed=20)
     stream = _UploadStream(data[:100], cast(BinaryIO, ChunkedStream(data[100:], chunk=7)))
