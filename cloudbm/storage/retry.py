@@ -35,6 +35,7 @@ from cloudbm.storage.base import (
     StorageOptions,
     expected_end,
 )
+from cloudbm.storage.streams import read_upto
 
 T = TypeVar("T")
 
@@ -311,12 +312,12 @@ class RetryingStorage:
                     return False
                 for offset in range(0, len(view), COMPARE_CHUNK):
                     piece = view[offset : offset + COMPARE_CHUNK]
-                    if _read_exactly(reader.read, len(piece)) != piece:
+                    if read_upto(reader.read, len(piece)) != piece:
                         return False
                 return True
             while True:
-                ours = _read_exactly(data.read, COMPARE_CHUNK)
-                if _read_exactly(reader.read, len(ours) or 1) != ours:
+                ours = read_upto(data.read, COMPARE_CHUNK)
+                if read_upto(reader.read, len(ours) or 1) != ours:
                     return False
                 if not ours:
                     return True
@@ -382,19 +383,6 @@ class RetryingStorage:
 
     def close(self) -> None:
         self.inner.close()
-
-
-def _read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
-    """`size` bytes, fewer only at the end: streams and readers may return short reads."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < size:
-        chunk = read(size - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 class AppendOnlyStorage:
