@@ -46,7 +46,7 @@ import importlib.util
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -71,7 +71,6 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, Contain
 
 from cloudbm.errors import (
     ChecksumMismatchError,
-    CloudbmError,
     ObjectExistsError,
     ObjectNotFoundError,
     StorageError,
@@ -79,14 +78,10 @@ from cloudbm.errors import (
     StorageUnavailableError,
     TransientStorageError,
 )
-from cloudbm.storage.base import (
-    ClosingReader,
-    MiB,
-    ObjectInfo,
-    RetryRunner,
-    StorageOptions,
-    part_size_for,
-)
+from cloudbm.storage.base import MiB, ObjectInfo, StorageOptions, part_size_for
+from cloudbm.storage.bucket import BucketBackend
+from cloudbm.storage.edge import exists_error, framing_problem, oneline
+from cloudbm.storage.streams import ChunkReader, Prepended, guarded
 
 BATCH_SIZE = 256  # blob batch limit
 MAX_BLOCKS = 50_000
@@ -108,11 +103,6 @@ _CHECKSUM_CODES = {"md5mismatch", "crc64mismatch", "invalidmd5", "invalidcrc64"}
 _CONTAINER_GONE = {"containernotfound", "containerbeingdeleted", "containerdisabled"}
 
 
-def _oneline(text: object, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def encode_metadata_name(name: str) -> str:
     """cloudbm metadata name -> Azure-legal identifier (reversible for cloudbm names)."""
     encoded = name.replace("-", "_")
@@ -132,7 +122,7 @@ def _status_error(
     """The typed error for one HTTP status and Azure error code."""
     where = f"azure://{container}/{key}" if key else f"azure://{container}"
     lowered_code = code.lower()
-    text = _oneline(message or code or "no detail")
+    text = oneline(message or code or "no detail")
     if lowered_code in _CONTAINER_GONE or (status == 404 and op in ("put", "list")):
         return StorageUnavailableError(
             f"container {container} does not exist",
@@ -141,9 +131,7 @@ def _status_error(
     if status == 404:
         return ObjectNotFoundError(f"{op} {where}: object not found")
     if lowered_code == "blobalreadyexists" or (status in (409, 412) and op == "put"):
-        return ObjectExistsError(
-            f"{op} {where}: object already exists", hint="cloudbm never overwrites it"
-        )
+        return exists_error(op, where)
     if status == 412:
         return TransientStorageError(f"{op} {where}: object was replaced while being read")
     if status in (401, 403):
@@ -186,18 +174,11 @@ class _CheckedTransport(RequestsTransport):  # type: ignore[misc]
 
 
 def _require_framing(method: str, response: Any) -> None:
-    """Refuse a response with a body but neither Content-Length nor chunked encoding: what a
-    response cut inside its headers looks like to `http.client`. Azure never sends one."""
-    status = int(response.status_code)
-    if method.upper() == "HEAD" or status < 200 or status in (204, 304):
-        return
-    headers = response.headers
-    if "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower():
-        return
-    response.internal_response.close()
-    raise ServiceResponseError(
-        f"HTTP {status} response without Content-Length or chunked encoding: cut short"
-    )
+    """Refuse a response that cannot be known complete (`edge.framing_problem`)."""
+    problem = framing_problem(method, int(response.status_code), response.headers)
+    if problem is not None:
+        response.internal_response.close()
+        raise ServiceResponseError(f"{problem}: cut short")
 
 
 def _load_body(response: Any) -> None:
@@ -243,7 +224,7 @@ def map_error(exc: BaseException, *, op: str, container: str, key: str = "") -> 
     where = f"azure://{container}/{key}" if key else f"azure://{container}"
     if _cut_short(exc):
         return TransientStorageError(
-            f"{op} {where}: incomplete response ({type(exc).__name__}: {_oneline(exc)})",
+            f"{op} {where}: incomplete response ({type(exc).__name__}: {oneline(exc)})",
             hint="the response was cut short; it is safe to retry",
         )
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
@@ -268,7 +249,7 @@ def map_error(exc: BaseException, *, op: str, container: str, key: str = "") -> 
         return TransientStorageError(
             f"{op} {where}: {kind} ({type(exc).__name__})", hint="check network to Azure"
         )
-    text = _oneline(exc)
+    text = oneline(exc)
     if isinstance(exc, AzureError) and "mismatch" in text.lower():
         # Client-side MD5/CRC64 check of a download.
         return ChecksumMismatchError(
@@ -278,14 +259,6 @@ def map_error(exc: BaseException, *, op: str, container: str, key: str = "") -> 
     if isinstance(exc, TimeoutError | OSError):
         return TransientStorageError(f"{op} {where}: {type(exc).__name__}: {text}")
     return StorageError(f"{op} {where}: {type(exc).__name__}: {text}")
-
-
-class _SourceError(Exception):
-    """An exception raised by the caller's stream, passed through unmapped."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
 
 
 class _Stopped(Exception):
@@ -327,21 +300,7 @@ class _Markers:
             return pages[max(ends)] if ends else None
 
 
-def _read_upto(source: BinaryIO, limit: int) -> bytes:
-    """Read until `limit` bytes or end of stream (streams may return short reads)."""
-    out = bytearray()
-    while len(out) < limit:
-        try:
-            chunk = source.read(min(STREAM_READ, limit - len(out)))
-        except Exception as exc:
-            raise _SourceError(exc) from exc
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
-class _AzureReader(ClosingReader):
+class _AzureReader(ChunkReader):
     """Streams the chunks of one download, re-blocked to the sizes the caller asks for."""
 
     def __init__(
@@ -351,16 +310,14 @@ class _AzureReader(ClosingReader):
         chunks: Iterator[bytes] | None,
         length: int = 0,
     ) -> None:
-        self.info = info
+        super().__init__(info)
         self._owner = owner
         self._chunks = chunks
         self._left = length  # bytes the download announced and has yet to deliver
-        self._buf = b""
-        self._off = 0
 
-    def _next(self) -> bool:
+    def _next_chunk(self) -> bytes | None:
         if self._chunks is None:
-            return False
+            return None
         with self._owner._edge("get", self.info.key):
             chunk = next(self._chunks, None)
         if chunk is None:
@@ -371,32 +328,16 @@ class _AzureReader(ClosingReader):
                     f"{self._left} bytes short",
                     hint="the response was cut short; it is safe to retry",
                 )
-            return False
+            return None
         self._left -= len(chunk)
-        self._buf, self._off = chunk, 0
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        available = len(self._buf) - self._off
-        if size is not None and 0 <= size <= available:
-            out = self._buf[self._off : self._off + size]
-            self._off += size
-            return out
-        parts = bytearray(self._buf[self._off :])
-        self._buf, self._off = b"", 0
-        while (size is None or size < 0 or len(parts) < size) and self._next():
-            take = len(self._buf) if size is None or size < 0 else size - len(parts)
-            take = min(take, len(self._buf))
-            parts += self._buf[:take]
-            self._off = take
-        return bytes(parts)
+        return chunk
 
     def close(self) -> None:
         self._chunks = None
-        self._buf, self._off = b"", 0
+        super().close()
 
 
-class AzureStorage:
+class AzureStorage(BucketBackend):
     """Block blobs below `prefix` in one Azure Blob Storage container.
 
     `options.extra` knobs: `list_page_size` (default 5000), `azure_validate_download`
@@ -404,44 +345,25 @@ class AzureStorage:
     default 4 MiB and up, from the size hint and the 50,000-block limit).
     """
 
+    scheme = "azure"
+    list_page_size = LIST_PAGE_SIZE
+    delete_batch = BATCH_SIZE
+    threads = "azure"
+
     def __init__(self, container: str, prefix: str, options: StorageOptions) -> None:
+        super().__init__(container, prefix, options)
         self.container_name = container
-        self.prefix = prefix.strip("/")
-        self.options = options
-        self.url = f"azure://{container}/{self.prefix}".rstrip("/")
-        self._root = f"{self.prefix}/" if self.prefix else ""
-        self._page_size = int(options.extra.get("list_page_size", LIST_PAGE_SIZE))
         self._validate_download = options.extra.get("azure_validate_download", "") == "true"
         self._block_size = int(options.extra.get("azure_block_size", 0))
-        # Until the retry layer hands over its policy (retry_parts_with), one try per request.
-        self._run_part: RetryRunner = lambda _what, fn: fn()
-        self._batch_ok = True
         self._markers = _Markers()
         self._lock = threading.Lock()
         self._service = self._make_service()
         self._container: ContainerClient = self._service.get_container_client(container)
 
-    def retry_parts_with(self, run: RetryRunner) -> None:
-        """Retry each request of a block upload with `run` (the retry layer's policy): a block
-        is in memory and staging it again under its id is harmless, whereas the stream it came
-        from cannot be replayed, so without this one lost block would fail a whole backup
-        part."""
-        self._run_part = run
-
     # -- helpers ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _edge(self, op: str, key: str = "") -> Iterator[None]:
-        """Map every exception escaping the block to a typed error (the module's only edge)."""
-        try:
-            yield
-        except _SourceError as exc:
-            raise exc.original from None
-        except CloudbmError:
-            raise
-        except Exception as exc:
-            where = self._root + key if key else self.prefix
-            raise map_error(exc, op=op, container=self.container_name, key=where) from exc
+    def _map(self, exc: Exception, op: str, where: str) -> StorageError:
+        return map_error(exc, op=op, container=self.container_name, key=where)
 
     def _make_service(self) -> BlobServiceClient:
         opts = self.options
@@ -506,11 +428,6 @@ class AzureStorage:
             "or install azure-identity for managed identities",
         )
 
-    def _name(self, key: str) -> str:
-        if not key or key.startswith("/"):
-            raise StorageError(f"invalid object key {key!r}")
-        return self._root + key
-
     def _blob(self, key: str) -> BlobClient:
         return self._container.get_blob_client(self._name(key))
 
@@ -524,53 +441,13 @@ class AzureStorage:
     def _decode(metadata: Mapping[str, str] | None) -> dict[str, str]:
         return {decode_metadata_name(k): str(v) for k, v in (metadata or {}).items()}
 
-    def _refuse_existing(self, key: str) -> None:
-        try:
-            self.head(key)
-        except ObjectNotFoundError:
-            return
-        raise ObjectExistsError(
-            f"put {self.url}/{key}: object already exists", hint="cloudbm never overwrites it"
-        )
+    # -- protocol (put and delete_many: BucketBackend) -------------------------------------
 
-    # -- protocol --------------------------------------------------------------------------
-
-    def put(
-        self,
-        key: str,
-        data: bytes | BinaryIO,
-        *,
-        metadata: Mapping[str, str] | None = None,
-        if_absent: bool = False,
-        size_hint: int | None = None,
+    def _put_small(
+        self, key: str, body: bytes, metadata: Mapping[str, str] | None, if_absent: bool
     ) -> None:
-        """Store `data` under `key`: one Put Blob up to the threshold, staged blocks above."""
+        """One Put Blob."""
         blob = self._blob(key)
-        threshold = self.options.multipart_threshold
-        if isinstance(data, bytes | bytearray | memoryview):
-            body = bytes(data)
-            if len(body) <= threshold:
-                self._put_single(blob, key, body, metadata, if_absent)
-            else:
-                self._put_blocks(blob, key, body, None, len(body), metadata, if_absent)
-            return
-        head = b""
-        if size_hint is None or size_hint <= threshold:
-            with self._edge("put", key):
-                head = _read_upto(data, threshold + 1)
-            if len(head) <= threshold:
-                self._put_single(blob, key, head, metadata, if_absent)
-                return
-        self._put_blocks(blob, key, head, data, size_hint, metadata, if_absent)
-
-    def _put_single(
-        self,
-        blob: BlobClient,
-        key: str,
-        body: bytes,
-        metadata: Mapping[str, str] | None,
-        if_absent: bool,
-    ) -> None:
         with self._edge("put", key):
             blob.upload_blob(
                 body,
@@ -580,31 +457,32 @@ class AzureStorage:
                 validate_content=True,
             )
 
-    def _put_blocks(
+    def _put_parted(
         self,
-        blob: BlobClient,
         key: str,
         head: bytes,
-        source: BinaryIO | None,
-        size: int | None,
+        rest: BinaryIO | None,
+        sizing: int | None,
         metadata: Mapping[str, str] | None,
         if_absent: bool,
     ) -> None:
+        """Staged blocks sized for `sizing` bytes, then Put Block List."""
+        blob = self._blob(key)
         where = f"{self.url}/{key}"
         if if_absent:
             self._run_part(f"head {where}", lambda: self._refuse_existing(key))
         block_size = self._block_size or min(
             MAX_BLOCK,
             part_size_for(
-                size or self.options.max_object_size, max_parts=MAX_BLOCKS, min_part=MIN_BLOCK
+                sizing or self.options.max_object_size, max_parts=MAX_BLOCKS, min_part=MIN_BLOCK
             ),
         )
+        stream = Prepended(head, None if rest is None else guarded(rest.read))
         # Block ids must have one length per blob; a random upload id keeps two writers'
         # uncommitted blocks apart, and tells our committed blocks from anyone else's.
         upload_id = uuid.uuid4().hex
         ids: Names = []
         workers = max(1, self.options.max_concurrency)
-        pending = memoryview(head)
         empty = False
         # Set when a block failed for good: the others stop retrying.
         stop = threading.Event()
@@ -612,10 +490,7 @@ class AzureStorage:
             in_flight: set[Future[Any]] = set()
             try:
                 while True:
-                    block = bytes(pending[:block_size])
-                    pending = pending[len(block) :]
-                    if len(block) < block_size and source is not None:
-                        block += _read_upto(source, block_size - len(block))
+                    block = stream.read(block_size)
                     if not block:
                         empty = not ids
                         break
@@ -642,7 +517,7 @@ class AzureStorage:
                 raise
         if empty:
             # A stream announced as large turned out empty: Put Blob takes zero bytes.
-            self._put_single(blob, key, b"", metadata, if_absent)
+            self._put_small(key, b"", metadata, if_absent)
             return
         self._commit(blob, key, ids, metadata, if_absent)
 
@@ -694,8 +569,7 @@ class AzureStorage:
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> _AzureReader:
         """Open `key` (or [start, end)) for streaming."""
-        if start < 0 or (end is not None and end < start):
-            raise StorageError(f"get {self.url}/{key}: invalid range [{start}, {end})")
+        self._check_range(key, start, end)
         if end is not None and end == start:
             return _AzureReader(self, self.head(key), None)
         blob = self._blob(key)
@@ -793,52 +667,36 @@ class AzureStorage:
                 hint="the response was cut short; it is safe to retry",
             ) from exc
 
-    def delete_many(self, keys: Iterable[str]) -> None:
-        """Delete in blob batches of 256; absent keys are fine."""
-        batch: Names = []
-        for key in keys:
-            batch.append(self._name(key))
-            if len(batch) == BATCH_SIZE:
-                self._delete_batch(batch)
-                batch = []
-        if batch:
-            self._delete_batch(batch)
-
-    def _delete_batch(self, names: Names) -> None:
-        if self._batch_ok:
-            unsupported = False
-            with self._edge("delete", names[0][len(self._root) :]):
-                try:
-                    responses = list(
-                        self._container.delete_blobs(
-                            *names, delete_snapshots="include", raise_on_any_failure=False
-                        )
+    def _delete_with_batch_api(self, names: Names) -> bool:
+        with self._edge("delete", names[0][len(self._root) :]):
+            try:
+                responses = list(
+                    self._container.delete_blobs(
+                        *names, delete_snapshots="include", raise_on_any_failure=False
                     )
-                except HttpResponseError as exc:
-                    # Accounts or emulators without the batch API (or SAS scopes that do
-                    # not cover it); per-blob deletes report any real problem precisely.
-                    if exc.status_code not in (400, 403, 404, 405, 501):
-                        raise
-                    unsupported = True
-            if not unsupported:
-                for name, response in zip(names, responses, strict=False):
-                    status = response.status_code
-                    code = response.headers.get("x-ms-error-code", "")
-                    if 200 <= status < 300 or (status == 404 and code != "ContainerNotFound"):
-                        continue
-                    raise _status_error(
-                        status,
-                        code,
-                        str(response.reason or ""),
-                        op="delete",
-                        container=self.container_name,
-                        key=name,
-                    )
-                return
-            self._batch_ok = False
-        self._delete_each(names)
+                )
+            except HttpResponseError as exc:
+                # Accounts or emulators without the batch API (or SAS scopes that do not
+                # cover it); per-blob deletes report any real problem precisely.
+                if exc.status_code not in (400, 403, 404, 405, 501):
+                    raise
+                return False
+        for name, response in zip(names, responses, strict=False):
+            status = response.status_code
+            code = response.headers.get("x-ms-error-code", "")
+            if 200 <= status < 300 or (status == 404 and code != "ContainerNotFound"):
+                continue
+            raise _status_error(
+                status,
+                code,
+                str(response.reason or ""),
+                op="delete",
+                container=self.container_name,
+                key=name,
+            )
+        return True
 
-    def _delete_each(self, names: Names) -> None:
+    def _deleter(self) -> Callable[[str], None]:
         def delete(name: str) -> None:
             with self._edge("delete", name[len(self._root) :]):
                 try:
@@ -847,19 +705,7 @@ class AzureStorage:
                     if _error_code(exc) in ("ContainerNotFound", "containernotfound"):
                         raise
 
-        workers = max(1, min(self.options.max_concurrency, len(names)))
-        # At most `workers` in flight, and none started after one failed: the retry repeats
-        # the whole slice, so deleting the rest now would only add requests.
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="azure-delete") as pool:
-            in_flight: set[Future[None]] = set()
-            for name in names:
-                if len(in_flight) >= workers:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                in_flight.add(pool.submit(delete, name))
-            for future in in_flight:
-                future.result()
+        return delete
 
     def close(self) -> None:
         """Close the HTTP pipeline."""

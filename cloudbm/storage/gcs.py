@@ -57,8 +57,7 @@ import io
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -72,22 +71,16 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
 from cloudbm.errors import (
     ChecksumMismatchError,
-    CloudbmError,
-    ObjectExistsError,
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
     StorageUnavailableError,
     TransientStorageError,
 )
-from cloudbm.storage.base import (
-    ClosingReader,
-    MiB,
-    ObjectInfo,
-    RetryRunner,
-    StorageOptions,
-    part_size_for,
-)
+from cloudbm.storage.base import MiB, ObjectInfo, StorageOptions, part_size_for
+from cloudbm.storage.bucket import BucketBackend
+from cloudbm.storage.edge import PassThrough, exists_error, framing_problem, oneline
+from cloudbm.storage.streams import ChunkReader, Prepended, Read, guarded
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +112,6 @@ _RATE_LIMIT_REASONS = ("ratelimitexceeded", "userratelimitexceeded")
 _CHECKSUM_WORDS = ("md5", "crc32c", "checksum", "hash")
 
 
-def _oneline(text: object, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _status_of(exc: BaseException) -> tuple[int | None, str]:
     """HTTP status and server message of an SDK exception, when it has them."""
     if isinstance(exc, api_exc.GoogleAPICallError):
@@ -141,22 +129,12 @@ class IncompleteResponse(requests.exceptions.ConnectionError):
 
 
 def _require_framing(response: requests.Response) -> None:
-    """Refuse a response with a body but neither Content-Length nor chunked encoding.
-
-    That is what a response cut inside its header block looks like to `http.client` (a
-    complete 200 whose empty body ran "until close"); GCS never sends one.
-    """
-    status = response.status_code
-    if status < 200 or status in (204, 304) or response.request.method == "HEAD":
-        return
-    headers = response.headers
-    if "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower():
-        return
-    response.close()
-    raise IncompleteResponse(
-        f"HTTP {status} response without Content-Length or chunked encoding",
-        response=response,
-    )
+    """Refuse a response that cannot be known complete (`edge.framing_problem`)."""
+    method = str(response.request.method or "")
+    problem = framing_problem(method, response.status_code, response.headers)
+    if problem is not None:
+        response.close()
+        raise IncompleteResponse(problem, response=response)
 
 
 def _rebase_session(response: requests.Response, endpoint: str) -> None:
@@ -217,7 +195,7 @@ def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> Sto
         # A body that does not parse arrived complete by its framing only if the framing
         # was cut too; either way the answer is incomplete.
         return TransientStorageError(
-            f"{op} {where}: the response was cut short ({_oneline(exc)})",
+            f"{op} {where}: the response was cut short ({oneline(exc)})",
             hint="check network to GCS; it is safe to retry",
         )
     if isinstance(exc, requests.exceptions.Timeout | urllib3.exceptions.TimeoutError):
@@ -236,7 +214,7 @@ def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> Sto
             hint="check network to GCS",
         )
     code, message = _status_of(exc)
-    text = _oneline(message)
+    text = oneline(message)
     lowered = message.lower()
     if code == 404:
         if op in ("put", "list", "connect") or "bucket does not exist" in lowered:
@@ -247,9 +225,7 @@ def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> Sto
         return ObjectNotFoundError(f"{op} {where}: object not found")
     if code == 412:
         if op == "put":
-            return ObjectExistsError(
-                f"{op} {where}: object already exists", hint="cloudbm never overwrites it"
-            )
+            return exists_error(op, where)
         return TransientStorageError(f"{op} {where}: object was replaced while being read")
     if code in (401, 403):
         if code == 403 and any(r in lowered.replace(" ", "") for r in _RATE_LIMIT_REASONS):
@@ -276,42 +252,26 @@ def map_error(exc: BaseException, *, op: str, bucket: str, key: str = "") -> Sto
     return StorageError(f"{op} {where}: {type(exc).__name__}: {text}")
 
 
-class _SourceError(Exception):
-    """Carries an exception raised by the caller's stream through SDK code, unmapped."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
-
-
-class _Abandon(Exception):
+class _Abandon(PassThrough):
     """Ends an upload past the per-request retries: its session cannot go on (gone, or in a
     state no retry of one request can mend). The whole put fails with `error`."""
 
-    def __init__(self, error: StorageError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
+class _UploadStream(Prepended):
+    """Already-read `head` bytes, then the caller's stream (`read`); kept last chunk.
 
-class _UploadStream:
-    """Already-read `head` bytes, then the caller's stream; filling reads, kept last chunk.
-
-    The resumable uploader takes a short read as end of stream, so `read(n)` loops until it
-    has `n` bytes or the source is exhausted. It also needs `tell()`. The bytes of the last
-    read (one chunk) are kept: when a chunk's answer is lost the upload resumes from the
-    offset the server persisted, which lies within that chunk, so `seek` may move anywhere
-    within it, and nowhere else (the source itself cannot be rewound).
+    The resumable uploader takes a short read as end of stream, which `Prepended`'s filling
+    reads never give early. It also needs `tell()`. The bytes of the last read (one chunk) are
+    kept: when a chunk's answer is lost the upload resumes from the offset the server
+    persisted, which lies within that chunk, so `seek` may move anywhere within it, and
+    nowhere else (the source itself cannot be rewound).
     """
 
-    def __init__(self, head: bytes, source: BinaryIO) -> None:
-        self._head = memoryview(head)
-        self._source = source
+    def __init__(self, head: bytes, read: Read) -> None:
+        super().__init__(head, read)
         self._pos = 0
         self._kept = b""
         self._kept_at = 0
-
-    def readable(self) -> bool:
-        return True
 
     def tell(self) -> int:
         return self._pos
@@ -330,37 +290,21 @@ class _UploadStream:
 
     def read(self, size: int | None = -1) -> bytes:
         want = -1 if size is None or size < 0 else size
-        out = bytearray()
+        replay = b""
         if self._pos < self._kept_at + len(self._kept):  # replaying after a seek back
             start = self._pos - self._kept_at
             stop = len(self._kept) if want < 0 else min(len(self._kept), start + want)
-            out += memoryview(self._kept)[start:stop]
+            replay = self._kept[start:stop]
             if stop < len(self._kept):  # wholly within the kept chunk, which stays
-                self._pos += len(out)
-                return bytes(out)
+                self._pos += len(replay)
+                return replay
         self._kept = b""  # what was needed is copied; the bytes read now replace it
-        if self._head and (want < 0 or len(out) < want):
-            take = len(self._head) if want < 0 else min(want - len(out), len(self._head))
-            out += self._head[:take]
-            self._head = self._head[take:]
-        while want < 0 or len(out) < want:
-            try:
-                chunk = self._source.read(MiB if want < 0 else min(MiB, want - len(out)))
-            except Exception as exc:
-                raise _SourceError(exc) from exc
-            if not chunk:
-                break
-            out += chunk
-        data = bytes(out)
-        del out
+        fresh = super().read(want if want < 0 else want - len(replay))
+        data = replay + fresh if replay else fresh
+        del replay, fresh
         self._kept, self._kept_at = data, self._pos
         self._pos += len(data)
         return data
-
-
-def _read_upto(source: BinaryIO, limit: int) -> bytes:
-    """Read at most `limit` bytes from `source` (fewer only at end of stream)."""
-    return _UploadStream(b"", source).read(limit)
 
 
 def _align(size: int) -> int:
@@ -460,7 +404,7 @@ class _Resumable:
                 if match is None:
                     raise TransientStorageError(
                         f"put {self._where}: unreadable upload status "
-                        f"(Range: {_oneline(response.headers['range'])})"
+                        f"(Range: {oneline(response.headers['range'])})"
                     )
                 persisted = int(match.group(1)) + 1
             self._seek(persisted)
@@ -559,7 +503,7 @@ class _Resumable:
             )
 
 
-class _GCSReader(ClosingReader):
+class _GCSReader(ChunkReader):
     """Streams [start, stop) of one generation in ranged chunks of at most `chunk` bytes."""
 
     def __init__(
@@ -571,7 +515,7 @@ class _GCSReader(ClosingReader):
         stop: int,
         chunk: int,
     ) -> None:
-        self.info = info
+        super().__init__(info)
         self._owner = owner
         self._generation = blob.generation
         # A blob without loaded metadata: the SDK then builds the download URL from the
@@ -580,11 +524,11 @@ class _GCSReader(ClosingReader):
         self._pos = start
         self._stop = stop
         self._chunk = chunk
-        self._buf = b""
-        self._off = 0
         self._closed = False
 
-    def _fetch(self) -> None:
+    def _next_chunk(self) -> bytes | None:
+        if self._pos >= self._stop:
+            return None
         n = min(self._chunk, self._stop - self._pos)
         whole = self._pos == 0 and n == self.info.size
         with self._owner._edge("get", self.info.key):
@@ -614,35 +558,17 @@ class _GCSReader(ClosingReader):
                 f"at offset {self._pos}, got {len(data)}",
                 hint="the response was cut short; it is safe to retry",
             )
-        self._buf, self._off = data, 0
         self._pos += n
+        return bytes(data)
 
     def read(self, size: int = -1) -> bytes:
         if self._closed:
             raise ValueError("read from a closed reader")
-        available = len(self._buf) - self._off
-        if size is None or size < 0:
-            size = available + (self._stop - self._pos)
-        if size <= available:
-            out = self._buf[self._off : self._off + size]
-            self._off += size
-            return out
-        parts = bytearray(self._buf[self._off :])
-        self._buf, self._off = b"", 0
-        while len(parts) < size and self._pos < self._stop:
-            self._fetch()
-            take = min(size - len(parts), len(self._buf))
-            parts += self._buf[:take]
-            self._off = take
-        return bytes(parts)
+        return super().read(size)
 
     def close(self) -> None:
         self._closed = True
-        self._buf, self._off = b"", 0
-
-
-class _BatchUnsupported(Exception):
-    """The endpoint has no JSON batch API (fake-gcs-server)."""
+        super().close()
 
 
 def _no_batch_api(answer: requests.Response | None) -> bool:
@@ -660,7 +586,7 @@ def _no_batch_api(answer: requests.Response | None) -> bool:
     return body.count(delimiter) == body.count(delimiter + b"--")
 
 
-class GCSStorage:
+class GCSStorage(BucketBackend):
     """Objects below `prefix` in one Google Cloud Storage bucket.
 
     `options.extra` knobs: `list_page_size` (default 1000), `gcs_read_chunk` (bytes per
@@ -668,58 +594,29 @@ class GCSStorage:
     rounded up to 256 KiB; default 8-64 MiB from the size hint).
     """
 
+    scheme = "gs"
+    list_page_size = LIST_PAGE_SIZE
+    delete_batch = BATCH_SIZE
+    threads = "gcs"
+
     def __init__(self, bucket: str, prefix: str, options: StorageOptions) -> None:
+        super().__init__(bucket, prefix, options)
         self.bucket_name = bucket
-        self.prefix = prefix.strip("/")
-        self.options = options
-        self.url = f"gs://{bucket}/{self.prefix}".rstrip("/")
-        self._root = f"{self.prefix}/" if self.prefix else ""
         self._timeout = (options.connect_timeout, options.read_timeout)
-        self._page_size = int(options.extra.get("list_page_size", LIST_PAGE_SIZE))
         self._read_chunk = int(options.extra.get("gcs_read_chunk", READ_CHUNK))
         self._upload_chunk = int(options.extra.get("gcs_upload_chunk", 0))
         self._lock = threading.Lock()
         self._batch_lock = threading.Lock()
         self._client: Any = None
         self._batch_client: Any = None
-        # Batch support and bucket existence are learnt once per instance.
-        self._batch_ok = True
+        # Bucket existence is learnt once per instance.
         self._batch_answer: requests.Response | None = None
         self._bucket_seen = False
-        # Until the retry layer hands over its policy (retry_parts_with), one try per request.
-        self._run_part: RetryRunner = lambda _what, fn: fn()
-
-    def retry_parts_with(self, run: RetryRunner) -> None:
-        """Retry each request of a resumable upload with `run` (the retry layer's policy): the
-        chunk in flight is kept in memory and resumed from what the session persisted, whereas
-        the stream it came from cannot be replayed, so without this one lost chunk would fail
-        a whole backup part."""
-        self._run_part = run
 
     # -- helpers ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _edge(self, op: str, key: str = "", *, inner: bool = False) -> Iterator[None]:
-        """Map every exception escaping the block to a typed error (the module's only edge).
-
-        `inner`: one retried request of an upload, whose caller's-stream errors and abandoned
-        sessions must pass the retry runner untouched; the upload's outer edge unwraps them.
-        """
-        try:
-            yield
-        except _SourceError as exc:
-            if inner:
-                raise
-            raise exc.original from None
-        except _Abandon as exc:
-            if inner:
-                raise
-            raise exc.error from exc.__cause__
-        except CloudbmError:
-            raise
-        except Exception as exc:
-            where = self._root + key if key else self.prefix
-            raise map_error(exc, op=op, bucket=self.bucket_name, key=where) from exc
+    def _map(self, exc: Exception, op: str, where: str) -> StorageError:
+        return map_error(exc, op=op, bucket=self.bucket_name, key=where)
 
     def _make_client(self) -> Any:
         opts = self.options
@@ -752,11 +649,6 @@ class GCSStorage:
 
     def _bucket(self) -> Any:
         return self._get_client().bucket(self.bucket_name)
-
-    def _name(self, key: str) -> str:
-        if not key or key.startswith("/"):
-            raise StorageError(f"invalid object key {key!r}")
-        return self._root + key
 
     def _info(self, op: str, key: str, blob: Any) -> ObjectInfo:
         """What the object's metadata says, once it is known to be complete."""
@@ -810,71 +702,43 @@ class GCSStorage:
         self._bucket_seen = True
         return blob
 
-    def _refuse_existing(self, key: str) -> None:
-        try:
-            self.head(key)  # believes only complete metadata, never a cut answer
-        except ObjectNotFoundError:
-            return
-        raise ObjectExistsError(
-            f"put {self.url}/{key}: object already exists", hint="cloudbm never overwrites it"
-        )
+    # -- protocol (put and delete_many: BucketBackend) -------------------------------------
 
-    # -- protocol --------------------------------------------------------------------------
+    def _put_small(
+        self, key: str, body: bytes, metadata: Mapping[str, str] | None, if_absent: bool
+    ) -> None:
+        """One request; resumable above 8 MiB, where the SDK goes anyway, in one chunk to
+        keep it to a single PUT."""
+        chunk = _align(len(body)) if len(body) > SINGLE_REQUEST_MAX else None
+        self._upload(key, io.BytesIO(body), len(body), chunk, metadata, if_absent)
 
-    def put(
+    def _put_parted(
         self,
         key: str,
-        data: bytes | BinaryIO,
-        *,
-        metadata: Mapping[str, str] | None = None,
-        if_absent: bool = False,
-        size_hint: int | None = None,
+        head: bytes,
+        rest: BinaryIO | None,
+        sizing: int | None,
+        metadata: Mapping[str, str] | None,
+        if_absent: bool,
     ) -> None:
-        """Store `data` under `key`; one request up to the threshold, resumable above."""
-        name = self._name(key)
-        threshold = self.options.multipart_threshold
-        size: int | None
-        if isinstance(data, bytes | bytearray | memoryview):
-            body = bytes(data)
-            if len(body) <= threshold:
-                self._put_small(name, key, body, metadata, if_absent)
-                return
-            stream: _UploadStream | io.BytesIO = io.BytesIO(body)
-            size = len(body)
+        """A resumable upload, in chunks sized for `sizing` bytes."""
+        stream: _UploadStream | io.BytesIO
+        if rest is None:
+            stream, size = io.BytesIO(head), len(head)
         else:
-            head = b""
-            if size_hint is None or size_hint <= threshold:
-                with self._edge("put", key):
-                    head = _read_upto(data, threshold + 1)
-                if len(head) <= threshold:
-                    self._put_small(name, key, head, metadata, if_absent)
-                    return
-            stream, size = _UploadStream(head, data), None
+            stream, size = _UploadStream(head, guarded(rest.read)), None
         chunk = self._upload_chunk or min(
             MAX_CHUNK,
             part_size_for(
-                size or size_hint or self.options.max_object_size,
+                sizing or self.options.max_object_size,
                 max_parts=SIZING_PARTS,
                 min_part=MIN_CHUNK,
             ),
         )
-        self._upload(name, key, stream, size, _align(chunk), metadata, if_absent)
-
-    def _put_small(
-        self,
-        name: str,
-        key: str,
-        body: bytes,
-        metadata: Mapping[str, str] | None,
-        if_absent: bool,
-    ) -> None:
-        # Above 8 MiB the SDK goes resumable anyway; one chunk keeps it to a single PUT.
-        chunk = _align(len(body)) if len(body) > SINGLE_REQUEST_MAX else None
-        self._upload(name, key, io.BytesIO(body), len(body), chunk, metadata, if_absent)
+        self._upload(key, stream, size, _align(chunk), metadata, if_absent)
 
     def _upload(
         self,
-        name: str,
         key: str,
         stream: _UploadStream | io.BytesIO,
         size: int | None,
@@ -882,7 +746,7 @@ class GCSStorage:
         metadata: Mapping[str, str] | None,
         if_absent: bool,
     ) -> None:
-        blob = self._bucket().blob(name, chunk_size=chunk)
+        blob = self._bucket().blob(self._name(key), chunk_size=chunk)
         if metadata:
             blob.metadata = dict(metadata)
         if size is None or size > SINGLE_REQUEST_MAX:
@@ -920,8 +784,7 @@ class GCSStorage:
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> _GCSReader:
         """Open `key` (or [start, end)) for streaming in ranged chunks."""
-        if start < 0 or (end is not None and end < start):
-            raise StorageError(f"get {self.url}/{key}: invalid range [{start}, {end})")
+        self._check_range(key, start, end)
         blob = self._reload("get", key)
         info = self._info("get", key, blob)
         stop = info.size if end is None else min(end, info.size)
@@ -967,27 +830,7 @@ class GCSStorage:
                 hint="the response was cut short; it is safe to retry",
             )
 
-    def delete_many(self, keys: Iterable[str]) -> None:
-        """Delete in batches of 100; absent keys are fine."""
-        batch: Names = []
-        for key in keys:
-            batch.append(self._name(key))
-            if len(batch) == BATCH_SIZE:
-                self._delete_batch(batch)
-                batch = []
-        if batch:
-            self._delete_batch(batch)
-
-    def _delete_batch(self, names: Names) -> None:
-        if self._batch_ok:
-            try:
-                self._delete_with_batch_api(names)
-                return
-            except _BatchUnsupported:
-                self._batch_ok = False
-        self._delete_each(names)
-
-    def _delete_with_batch_api(self, names: Names) -> None:
+    def _delete_with_batch_api(self, names: Names) -> bool:
         unsupported = False
         with self._batch_lock, self._edge("delete", names[0][len(self._root) :]):
             if self._batch_client is None:
@@ -1007,7 +850,7 @@ class GCSStorage:
                 # damaged on the way, which must not turn the batch API off for good.
                 if not _no_batch_api(self._batch_answer):
                     raise TransientStorageError(
-                        f"delete {self.url}: malformed batch answer ({_oneline(exc)})",
+                        f"delete {self.url}: malformed batch answer ({oneline(exc)})",
                         hint="it is safe to retry",
                     ) from exc
                 unsupported = True
@@ -1016,25 +859,26 @@ class GCSStorage:
             # Per-call statuses are only kept in the batch's private list.
             responses = getattr(batch, "_responses", [])
         if unsupported:
-            raise _BatchUnsupported
+            return False
         for name, response in zip(names, responses, strict=False):
             code = int(getattr(response, "status_code", 200))
             if 200 <= code < 300 or code == 404:
                 continue
-            reason = _oneline(getattr(response, "reason", "") or "batch delete failed")
+            reason = oneline(getattr(response, "reason", "") or "batch delete failed")
             raise map_error(
                 api_exc.from_http_status(code, reason),  # type: ignore[no-untyped-call]
                 op="delete",
                 bucket=self.bucket_name,
                 key=name,
             )
+        return True
 
     def _keep_batch_answer(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """Response hook of the batch client: the last batch answer, for `_no_batch_api`."""
         if "/batch/" in str(response.request.url):
             self._batch_answer = response
 
-    def _delete_each(self, names: Names) -> None:
+    def _deleter(self) -> Callable[[str], None]:
         bucket = self._bucket()
 
         def delete(name: str) -> None:
@@ -1042,19 +886,7 @@ class GCSStorage:
             with self._edge("delete", key), contextlib.suppress(api_exc.NotFound):
                 bucket.delete_blob(name, timeout=self._timeout, retry=None)
 
-        workers = max(1, min(self.options.max_concurrency, len(names)))
-        # At most `workers` in flight, and none started after one failed: the retry repeats
-        # the whole slice, so deleting the rest now would only add requests.
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gcs-delete") as pool:
-            in_flight: set[Future[None]] = set()
-            for name in names:
-                if len(in_flight) >= workers:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                in_flight.add(pool.submit(delete, name))
-            for future in in_flight:
-                future.result()
+        return delete
 
     def close(self) -> None:
         """Close the HTTP sessions."""
