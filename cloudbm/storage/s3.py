@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from itertools import islice
@@ -61,11 +60,13 @@ from cloudbm.storage.base import (
     MiB,
     ObjectInfo,
     ObjectReader,
-    RetryRunner,
     StorageOptions,
     md5_digest,
     part_size_for,
 )
+from cloudbm.storage.bucket import RetriedParts
+from cloudbm.storage.edge import oneline
+from cloudbm.storage.streams import Prepended, read_upto
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -155,7 +156,7 @@ def map_error(exc: BaseException, op: str, where: str) -> StorageError:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "") or "")
-        msg = " ".join(str(err.get("Message", "") or "").split())[:200]
+        msg = oneline(err.get("Message", "") or "")
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         detail = f"{code or status}" + (f" ({msg})" if msg else "")
         if code == "NoSuchBucket":
@@ -203,7 +204,7 @@ def map_error(exc: BaseException, op: str, where: str) -> StorageError:
     if isinstance(exc, ResponseParserError | ValueError):
         # Only a response can be malformed here (parameters are validated before sending):
         # typically one cut short, which the next attempt gets whole.
-        return TransientStorageError(f"{head} failed: malformed response: {_one_line(exc)}")
+        return TransientStorageError(f"{head} failed: malformed response: {oneline(exc)}")
     if isinstance(
         exc,
         HTTPClientError  # read timeouts, closed connections, streaming errors
@@ -215,10 +216,6 @@ def map_error(exc: BaseException, op: str, where: str) -> StorageError:
     ):
         return TransientStorageError(f"{head} failed: {type(exc).__name__}: {exc}")
     return StorageError(f"{head} failed: {type(exc).__name__}: {exc}")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def _incomplete(op: str, where: str, missing: str) -> TransientStorageError:
@@ -295,22 +292,6 @@ def _range_total(content_range: str | None, start: int, length: int) -> int | No
     return int(total)
 
 
-def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
-    """Read `size` bytes unless EOF comes first; streams may return short reads."""
-    first = read(size)
-    if not first or len(first) >= size:
-        return first or b""
-    chunks = [first]
-    got = len(first)
-    while got < size:
-        chunk = read(size - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
 class _S3Reader(ClosingReader):
     """ObjectReader over a botocore StreamingBody; errors during reads are mapped too."""
 
@@ -331,10 +312,11 @@ class _S3Reader(ClosingReader):
         self._body.close()
 
 
-class S3Storage:
+class S3Storage(RetriedParts):
     """A bucket prefix on S3 or an S3-compatible store."""
 
     def __init__(self, bucket: str, prefix: str, options: StorageOptions) -> None:
+        super().__init__()
         if options.s3_checksum_mode not in ("when_required", "when_supported"):
             raise ConfigError(
                 f"s3_checksum_mode {options.s3_checksum_mode!r} is not valid",
@@ -380,16 +362,8 @@ class S3Storage:
         # that older MinIO, Ceph RGW and other S3-compatible stores insist on.
         self._client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
         self._pool: ThreadPoolExecutor | None = None
-        # Until the retry layer hands over its policy (retry_parts_with), one try per part.
-        self._run_part: RetryRunner = lambda _what, fn: fn()
         self._bucket_seen = False
         self._pool_lock = threading.Lock()
-
-    def retry_parts_with(self, run: RetryRunner) -> None:
-        """Retry each part of a multipart upload with `run` (the retry layer's policy): a
-        part is in memory and re-sending it is harmless, whereas the stream it came from
-        cannot be replayed, so without this one lost part would fail a whole backup part."""
-        self._run_part = run
 
     # --- naming -----------------------------------------------------------------------------
 
@@ -421,20 +395,19 @@ class S3Storage:
             body = bytes(data)
             if len(body) <= threshold:
                 self._put_single(key, body, meta, if_absent)
-                return
-            stream: BinaryIO = io.BytesIO(body)
-            size_hint = len(body)
-        else:
-            stream = data
-            # A stream is buffered one part at a time, never up to the whole threshold: two
-            # backup parts in flight must not hold 2 x 64 MiB of compressed data each.
-            threshold = min(threshold, self._part_size(size_hint))
-        # One byte past the threshold tells whether the stream ends within it.
-        head = _read_exact(stream.read, threshold + 1)
+            else:
+                self._put_multipart(key, Prepended(body, None), meta, if_absent, len(body))
+            return
+        # A stream is buffered one part at a time, never up to the whole threshold: two
+        # backup parts in flight must not hold 2 x 64 MiB of compressed data each. So the
+        # threshold is at most one part, and one byte past it tells whether the stream ends
+        # within it (a multipart upload needs one part at least).
+        threshold = min(threshold, self._part_size(size_hint))
+        head = read_upto(data.read, threshold + 1)
         if len(head) <= threshold:
             self._put_single(key, head, meta, if_absent)
             return
-        self._put_multipart(key, head, stream, meta, if_absent, size_hint)
+        self._put_multipart(key, Prepended(head, data.read), meta, if_absent, size_hint)
 
     def _part_size(self, size_hint: int | None) -> int:
         return part_size_for(
@@ -473,8 +446,7 @@ class S3Storage:
     def _put_multipart(
         self,
         key: str,
-        head: bytes,
-        stream: BinaryIO,
+        stream: Prepended,
         meta: dict[str, str],
         if_absent: bool,
         size_hint: int | None,
@@ -500,16 +472,6 @@ class S3Storage:
             functools.partial(self._create_multipart, full, where, meta),
         )
 
-        # The head buffer is consumed first, then the rest of the stream.
-        head_io = io.BytesIO(head)
-        del head
-
-        def read(n: int) -> bytes:
-            chunk = head_io.read(n)
-            if len(chunk) < n:
-                chunk += _read_exact(stream.read, n - len(chunk))
-            return chunk
-
         concurrency = max(1, self.options.max_concurrency)
         # At most concurrency + 1 parts of this stream in memory: `concurrency` uploading, one
         # being read, so the source never waits for the slowest upload to finish.
@@ -531,7 +493,7 @@ class S3Storage:
                     slots.release()
                     break
                 try:
-                    chunk = read(part_size)
+                    chunk = stream.read(part_size)
                 except BaseException:
                     slots.release()
                     raise
