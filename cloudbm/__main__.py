@@ -2,6 +2,6 @@
 
 import sys
 
-from cloudbm.fastpath import main
+from cloudbm.entry import main
 
 sys.exit(main())

@@ -327,10 +327,10 @@ def _settings(args: Args) -> Any:
 def _remember_for_fast_path(args: Args, settings: Any) -> None:
     """Let later calls with the same flags, environment and files skip this work."""
     from cloudbm.commands.context import spool_dir
-    from cloudbm.fastpath import remember
+    from cloudbm.localstate import KEY_FLAGS, remember_settings
 
-    flags = {k: getattr(args, k, None) for k in ("config", "server", "repository", "pgdata")}
-    remember(
+    flags = {k: getattr(args, k, None) for k in KEY_FLAGS}
+    remember_settings(
         flags,
         {
             "spool_root": str(spool_dir(settings)),

@@ -13,18 +13,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cloudbm import localstate
 from cloudbm.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/cloudbm/cloudbm.toml")
+DEFAULT_CONFIG_PATH = Path(localstate.DEFAULT_CONFIG_PATH)
 ENV_PREFIX = "CLOUDBM_"
 ENCRYPTION_MODES = ("none", "passphrase", "keyfile", "public-key")
 COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
 S3_CHECKSUM_MODES = ("when_required", "when_supported")
 S3_ADDRESSING = ("auto", "path", "virtual")
-
-
-def _spool_default() -> str:
-    return f"/var/tmp/cloudbm-{os.getuid()}"
 
 
 class Settings:
@@ -101,7 +98,7 @@ class Settings:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         self.__dict__.update(values)
         if not self.spool_directory:
-            self.spool_directory = _spool_default()
+            self.spool_directory = localstate.cache_dir()
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed."""
@@ -396,7 +393,7 @@ def _parse_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
     identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    cache_dir = Path(_spool_default())
+    cache_dir = Path(localstate.cache_dir())
     real = os.path.realpath(path)
     cache = cache_dir / f"config-{zlib.crc32(real.encode()):08x}.json"
     try:
@@ -416,7 +413,7 @@ def _parse_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
     try:
-        from cloudbm.fastpath import private_dir, write_private
+        from cloudbm.fsutil import private_dir, write_private
 
         private_dir(str(cache_dir))
         doc = json.dumps({"path": real, "identity": identity, "data": data})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cloudbm.commands.wal_spool import spool_root
 from cloudbm.config import Settings
+from cloudbm.localstate.spool import spool_root
 from cloudbm.repository import Repository
 from cloudbm.storage.base import Storage
 from cloudbm.storage.retry import AppendOnlyStorage, RetryingStorage

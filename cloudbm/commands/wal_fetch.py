@@ -27,19 +27,19 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudbm.commands.wal_spool import (
-    Spool,
-    lock_is_held,
-    recovery_session,
-    spawn_worker,
-    spool_root,
-    take_lock,
-    touch_private,
-    write_durably,
-)
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError, ConfigError, NotFoundError, StorageError
-from cloudbm.fastpath import asked_ns, call_started
+from cloudbm.fsutil import touch_private, write_durably
+from cloudbm.localstate import (
+    BoundedWait,
+    asked_ns,
+    call_started,
+    lock_is_held,
+    take_lock,
+    worker_note,
+)
+from cloudbm.localstate.spool import Spool, recovery_session, spool_root
+from cloudbm.localstate.workers import spawn_worker
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 
@@ -158,32 +158,32 @@ class _Call:
         name = self.name.name
         spool = self.spool
         direct: _DirectFetch | None = None
-        next_liveness = 0.0
+
+        def alive() -> bool:
+            return lock_is_held(spool.lock) or (worker is not None and worker.poll() is None)
+
+        waiting = BoundedWait(deadline=self.deadline, poll=POLL_SECONDS, alive=alive)
         while True:
             if self.take():
                 return "spool"
             seen = spool.absent_since_ns(name)
             if seen is not None and seen >= asked:
                 raise self._missing()
-            now = time.monotonic()
             if direct is None:
                 failed = spool.failed_since_ns(name)
-                if (failed is not None and failed >= asked) or now >= fetch_at:
+                if (failed is not None and failed >= asked) or time.monotonic() >= fetch_at:
                     direct = _DirectFetch(self.settings, self.name, self.deadline)
-                elif now >= next_liveness:
-                    next_liveness = now + 0.1
-                    alive = lock_is_held(spool.lock) or (
-                        worker is not None and worker.poll() is None
-                    )
-                    if not alive:
-                        if self.take():
-                            return "spool"
-                        direct = _DirectFetch(self.settings, self.name, self.deadline)
+                    waiting.alive = None  # the call's own fetch answers now, worker or not
             elif direct.done():
                 return self._finish(direct)
-            if now >= self.deadline:
-                raise self._timeout()
-            time.sleep(POLL_SECONDS)
+            if not waiting.again():
+                if not waiting.gone:
+                    raise self._timeout()
+                # The worker is gone: what it delivered is served, else this call fetches it.
+                if self.take():
+                    return "spool"
+                direct = _DirectFetch(self.settings, self.name, self.deadline)
+                waiting.alive = None
 
     def _finish(self, fetch: _DirectFetch) -> str:
         from cloudbm.errors import ObjectNotFoundError
@@ -277,7 +277,7 @@ def _ensure_worker(spool: Spool, global_args: list[str]) -> subprocess.Popen[byt
 
 def _spawn(spool: Spool, global_args: list[str], command: list[str]) -> subprocess.Popen[bytes]:
     """Start the worker; until it holds its lock, `prefetch.starting` tells the fast path of
-    the next call to wait for it rather than start the full command (fastpath.py)."""
+    the next call to wait for it rather than start the full command (cloudbm.fastpath)."""
     touch_private(spool.starting)
     return spawn_worker(spool.root, global_args, command)
 
@@ -296,7 +296,7 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     from cloudbm.commands.context import open_repository
 
     spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
-    lock = take_lock(spool.lock, f"{os.getpid()} {settings.operation_timeout:g}\n")
+    lock = take_lock(spool.lock, worker_note(os.getpid(), settings.operation_timeout))
     if lock is None:
         return 0
     with contextlib.suppress(OSError):

@@ -18,13 +18,14 @@ is what decides the exit status. PostgreSQL's `.ready`/`.done` files are never t
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from cloudbm.commands.wal_spool import Markers, lock_is_held, ready_files, spawn_worker, spool_root
 from cloudbm.config import Settings
 from cloudbm.errors import ConfigError
+from cloudbm.localstate import BoundedWait, lock_is_held
+from cloudbm.localstate.spool import Markers, ready_files, spool_root
+from cloudbm.localstate.workers import spawn_worker
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 
@@ -271,21 +272,19 @@ def _wait_for_marker(
 ) -> bool:
     """Wait while a pusher runs for it to archive `name`; True once a matching marker is
     consumed, False when the pusher stopped without it (or took too long)."""
-    deadline = time.monotonic() + WAIT_FOR_PUSHER_SECONDS
-    next_liveness = 0.0
-    while time.monotonic() < deadline:
+
+    def alive() -> bool:
+        return lock_is_held(markers.lock) or (started is not None and started.poll() is None)
+
+    waiting = BoundedWait(WAIT_FOR_PUSHER_SECONDS, poll=POLL_SECONDS, alive=alive)
+    while True:
         if markers.exists(name):
             return markers.consume(name, st)
         if markers.failed(name):
             return False
-        now = time.monotonic()
-        if now >= next_liveness:
-            next_liveness = now + 0.1
-            alive = lock_is_held(markers.lock) or (started is not None and started.poll() is None)
-            if not alive:
-                return markers.exists(name) and markers.consume(name, st)
-        time.sleep(POLL_SECONDS)
-    return False
+        if not waiting.again():
+            # A pusher that stopped may have written the marker as it went.
+            return waiting.gone and markers.exists(name) and markers.consume(name, st)
 
 
 def wal_push(settings: Settings, path_arg: str, global_args: list[str]) -> PushResult:

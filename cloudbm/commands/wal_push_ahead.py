@@ -15,9 +15,10 @@ from pathlib import Path
 from cloudbm.commands.context import open_repository
 from cloudbm.commands.hooks import run_hook
 from cloudbm.commands.wal_push import WalPusher, hook_env, read_file
-from cloudbm.commands.wal_spool import Markers, ready_files, spool_root, take_lock
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError
+from cloudbm.localstate import take_lock
+from cloudbm.localstate.spool import Markers, ready_files, spool_root
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 from cloudbm.repository import sha256_hex

@@ -1,11 +1,10 @@
-"""The WAL commands' local state: the fast-path cache, the spool and markers, the fast path's
+"""The WAL commands' local state in use: modes of every file they write, the fast path's
 answers and the prefetch worker, in-process (the integration tests run them as PostgreSQL
-does)."""
+does; tests/unit/test_localstate.py covers the format itself)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import threading
 import time
@@ -16,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from cloudbm import config, fastpath, logs
-from cloudbm.commands import wal_fetch, wal_spool
-from cloudbm.commands.wal_spool import Markers, Spool, spool_root, take_lock
+from cloudbm import config, fastpath, fsutil, localstate, logs
+from cloudbm.commands import wal_fetch
 from cloudbm.errors import ObjectNotFoundError
+from cloudbm.localstate import take_lock
+from cloudbm.localstate.spool import Markers, Spool, spool_root
+from cloudbm.localstate.workers import spawn_worker
 
 FLAGS: dict[str, object] = {
     "config": None,
@@ -35,15 +36,11 @@ SEGMENTS = [f"0000000100000000000000{i:02X}" for i in range(1, 8)]
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The fast-path cache in a private temporary directory, with no CLOUDBM_* variable set."""
     directory = tmp_path / "cache"
-    monkeypatch.setattr(fastpath, "_cache_dir", lambda: str(directory))
+    monkeypatch.setattr(localstate, "cache_dir", lambda: str(directory))
     for name in list(os.environ):
         if name.startswith("CLOUDBM_"):
             monkeypatch.delenv(name)
     return directory
-
-
-def _contents(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
 def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -51,67 +48,6 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> N
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
-
-
-# --- the fast-path cache ----------------------------------------------------------------------
-
-
-def test_the_fast_path_cache_is_the_same_whatever_the_secrets(
-    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Nothing of a secret reaches the cache: not the value, not a digest, not even a file
-    name that differs with it (so nothing can be guessed back from it)."""
-    seen = []
-    for secret in ("first-secret-passphrase", "second-secret-passphrase"):
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        monkeypatch.setenv("CLOUDBM_PASSPHRASE", secret)
-        monkeypatch.setenv("CLOUDBM_CONNINFO", f"host=db password={secret}")
-        monkeypatch.setenv("CLOUDBM_API_TOKEN", secret)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-        fastpath.remember(FLAGS, VALUES)
-        contents = _contents(cache_dir)
-        assert contents, "nothing was cached"
-        for data in contents.values():
-            assert secret.encode() not in data
-        assert fastpath._recall(FLAGS) == VALUES
-        seen.append(contents)
-    assert seen[0] == seen[1]
-
-
-def test_the_fast_path_cache_follows_every_variable_its_values_come_from(
-    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fastpath.remember(FLAGS, VALUES)
-    assert fastpath._recall(FLAGS) == VALUES
-    for name in (
-        "CLOUDBM_CONFIG",
-        "CLOUDBM_SERVER",
-        "CLOUDBM_REPOSITORY",
-        "CLOUDBM_SPOOL_DIRECTORY",
-        "CLOUDBM_WAL_PREFETCH",
-        "CLOUDBM_WAL_PUSH_AHEAD",
-    ):
-        monkeypatch.setenv(name, "changed")
-        assert fastpath._recall(FLAGS) is None, f"{name} changed and the cache still answered"
-        monkeypatch.delenv(name)
-    assert fastpath._recall(FLAGS) == VALUES
-    for flag in ("config", "server", "repository", "pgdata"):
-        assert fastpath._recall({**FLAGS, flag: "other"}) is None, flag
-
-
-def test_a_value_the_cache_key_does_not_cover_is_not_cached(cache_dir: Path) -> None:
-    fastpath.remember(FLAGS, {**VALUES, "operation_timeout": 5.0})
-    assert fastpath._recall(FLAGS) is None
-
-
-def test_cache_files_of_older_versions_are_removed(cache_dir: Path) -> None:
-    """They were keyed by every CLOUDBM_* variable, the passphrase included."""
-    cache_dir.mkdir(mode=0o700)
-    legacy = cache_dir / "fast-0123abcd.bin"
-    legacy.write_bytes(b"CLOUDBM_PASSPHRASE=secret")
-    fastpath.remember(FLAGS, VALUES)
-    assert not legacy.exists()
-    assert fastpath._recall(FLAGS) == VALUES
 
 
 # --- modes ----------------------------------------------------------------------------------
@@ -122,7 +58,6 @@ def test_local_state_files_are_private_whatever_the_umask(
 ) -> None:
     """Every file cloudbm writes under the spool and cache directories is 0600 and every
     directory 0700, with a permissive umask too; so are the files it restores into pg_wal."""
-    monkeypatch.setattr(config, "_spool_default", lambda: str(tmp_path / "config-cache"))
     pg_wal = tmp_path / "pg_wal"
     pg_wal.mkdir(mode=0o700)
     previous = os.umask(0o022)
@@ -139,17 +74,18 @@ def test_local_state_files_are_private_whatever_the_umask(
         fd = take_lock(root / "prefetch.lock", "1 300\n")
         assert fd is not None
         os.close(fd)
-        wal_spool.spawn_worker(root, [], ["--version"]).wait(30)
-        fastpath.remember(FLAGS, VALUES)
+        spawn_worker(root, [], ["--version"]).wait(30)
+        localstate.remember_settings(FLAGS, VALUES)
         toml = tmp_path / "cloudbm.toml"
         toml.write_text('[servers.main]\nrepository = "file:///srv/repo"\n')
         config.read_config_file(toml)
         assert spool.take(SEGMENTS[1], pg_wal / "RECOVERYXLOG")
-        wal_spool.write_durably(pg_wal / "RECOVERYHISTORY", b"1\t0/1000000\tno target\n")
+        fsutil.write_durably(pg_wal / "RECOVERYHISTORY", b"1\t0/1000000\tno target\n")
     finally:
         os.umask(previous)
     checked = 0
-    for base in (tmp_path / "spool", cache_dir, tmp_path / "config-cache", pg_wal):
+    assert any(p.name.startswith("config-") for p in cache_dir.iterdir())
+    for base in (tmp_path / "spool", cache_dir, pg_wal):
         for path in [base, *base.rglob("*")]:
             mode = stat.S_IMODE(path.stat().st_mode)
             assert mode == (0o700 if path.is_dir() else 0o600), f"{path} has mode {mode:o}"
