@@ -135,6 +135,25 @@ class PartRetries(Protocol):
     def retry_parts_with(self, run: RetryRunner) -> None: ...
 
 
+class RetriedParts:
+    """PartRetries for a backend to inherit: `self._run_part(what, fn)` runs one request of an
+    upload in parts (the start, each part, the commit), once until the retry layer hands over
+    its runner. A part is held in memory until stored, so it can be sent again, whereas the
+    caller's stream it came from cannot be replayed: without the runner one lost request would
+    fail a whole backup part."""
+
+    def __init__(self) -> None:
+        self._run_part: RetryRunner = _once
+
+    def retry_parts_with(self, run: RetryRunner) -> None:
+        """Retry each request of an upload in parts with `run` (the retry layer's policy)."""
+        self._run_part = run
+
+
+def _once(_what: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 def expected_end(size: int, start: int, end: int | None) -> int:
     """Where a read of [start, end) of an object of `size` bytes must stop (never before
     `start`: a range past the end is an empty read)."""

@@ -1,12 +1,12 @@
-"""What the GCS and Azure backends share, as base classes. Standard library only: each
+"""What the GCS and Azure backends share, as a base class. Standard library only: each
 backend module imports its own SDK.
 
-`RetriedParts` is the hand-over of the retry layer's runner to a backend that uploads in parts
-(S3, GCS, Azure). `BucketBackend` is the rest of what GCS and Azure do alike: objects below a
-prefix of one bucket (container), every SDK exception mapped at one edge, one put shape (up to
-`multipart_threshold` one request, above it an upload in parts), a put-if-absent that looks
-the key up before an upload in parts, and deletes in batches that fall back to one request per
-key when the endpoint has no batch API. A backend supplies the SDK calls.
+`BucketBackend` is what GCS and Azure do alike: objects below a prefix of one bucket
+(container), every SDK exception mapped at one edge, one put shape (up to `multipart_threshold`
+one request, above it an upload in parts), a put-if-absent that looks the key up before an
+upload in parts, deletes in batches that fall back to one request per key when the endpoint
+has no batch API, and (`base.RetriedParts`) each request of an upload in parts retried with
+the retry layer's runner. A backend supplies the SDK calls.
 """
 
 from __future__ import annotations
@@ -15,32 +15,12 @@ import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, BinaryIO, ClassVar
+from typing import BinaryIO, ClassVar
 
 from cloudbm.errors import ObjectNotFoundError, StorageError
-from cloudbm.storage.base import ObjectInfo, RetryRunner, StorageOptions
+from cloudbm.storage.base import ObjectInfo, RetriedParts, StorageOptions
 from cloudbm.storage.edge import exists_error, mapping_errors
 from cloudbm.storage.streams import read_upto
-
-
-def _once(_what: str, fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
-class RetriedParts:
-    """An upload in parts whose every request (the start, each part, the commit) is retried
-    with the runner the retry layer hands over (the `base.PartRetries` protocol): a part is
-    held in memory until it is stored, so it can be sent again, whereas the caller's stream it
-    came from cannot be replayed; without the runner one lost request would fail a whole
-    backup part."""
-
-    def __init__(self) -> None:
-        # Until the retry layer hands over its policy (retry_parts_with), one try per request.
-        self._run_part: RetryRunner = _once
-
-    def retry_parts_with(self, run: RetryRunner) -> None:
-        """Retry each request of an upload in parts with `run` (the retry layer's policy)."""
-        self._run_part = run
 
 
 class BucketBackend(RetriedParts):

@@ -60,11 +60,11 @@ from cloudbm.storage.base import (
     MiB,
     ObjectInfo,
     ObjectReader,
+    RetriedParts,
     StorageOptions,
     md5_digest,
     part_size_for,
 )
-from cloudbm.storage.bucket import RetriedParts
 from cloudbm.storage.edge import oneline
 from cloudbm.storage.streams import Prepended, read_upto
 
