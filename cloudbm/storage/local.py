@@ -26,19 +26,12 @@ from cloudbm.errors import (
     StorageUnavailableError,
     TransientStorageError,
 )
+from cloudbm.fsutil import fsync_dir
 from cloudbm.storage.base import ClosingReader, ObjectInfo, expected_end
 
 META_SUFFIX = ".cbmeta"
 TMP_PREFIX = ".cbtmp-"
 COPY_CHUNK = 1024 * 1024
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _FileReader(ClosingReader):
@@ -203,7 +196,7 @@ class LocalStorage:
                         with contextlib.suppress(OSError):
                             os.unlink(leftover)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise self._error("write", key, exc) from exc
 
@@ -295,7 +288,7 @@ class LocalStorage:
             touched.add(path.parent)
         for directory in touched:
             with contextlib.suppress(OSError):
-                _fsync_dir(directory)
+                fsync_dir(directory)
 
     def close(self) -> None:
         """Nothing to release."""
