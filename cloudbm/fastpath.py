@@ -26,7 +26,6 @@ from cloudbm import localstate
 from cloudbm.localstate import (
     MISS_ANY,
     MISS_FAILED,
-    BoundedWait,
     SpoolLayout,
     lock_is_held,
     marker_matches,
@@ -116,7 +115,7 @@ def _push(values: dict[str, object], path_arg: str) -> int | None:
         st = os.stat(path)
     except OSError:
         return None
-    waiting = BoundedWait(FAST_WAIT_SECONDS, poll=POLL_SECONDS, alive=lambda: lock_is_held(lock))
+    waiting = None
     while True:
         try:
             recorded = read_marker(marker)
@@ -132,8 +131,15 @@ def _push(values: dict[str, object], path_arg: str) -> int | None:
             return 0
         # Not archived yet: wait only while the pusher runs and will take this file up (the
         # full path consumes a marker written as the pusher stopped).
-        failed = os.path.exists(layout.push_failure(name))
-        if failed or not os.path.exists(ready) or not waiting.again():
+        if os.path.exists(layout.push_failure(name)) or not os.path.exists(ready):
+            return None
+        if waiting is None:
+            from cloudbm.localstate.wait import BoundedWait
+
+            waiting = BoundedWait(
+                FAST_WAIT_SECONDS, poll=POLL_SECONDS, alive=lambda: lock_is_held(lock)
+            )
+        if not waiting.again():
             return None
 
 
@@ -165,6 +171,8 @@ def _fetch(values: dict[str, object], name: str, dest_arg: str) -> int | None:
         # Half the caller's deadline at most: the full command needs the rest (docs/wal.md).
         timeout = worker_timeout(lock)
         limit = FAST_WAIT_SECONDS if timeout is None else min(FAST_WAIT_SECONDS, timeout / 2)
+        from cloudbm.localstate.wait import BoundedWait
+
         waiting = BoundedWait(limit, poll=POLL_SECONDS, alive=lambda: lock_is_held(lock))
         while not os.path.exists(spooled):
             if seen_since(layout, name, MISS_FAILED, asked):
@@ -201,6 +209,8 @@ def _worker_starting(layout: SpoolLayout) -> bool:
         spawned = os.stat(layout.starting).st_mtime
     except OSError:
         return False
+    from cloudbm.localstate.wait import BoundedWait
+
     waiting = BoundedWait(WORKER_START_SECONDS - (time.time() - spawned), poll=POLL_SECONDS)
     while waiting.again():
         if lock_is_held(layout.prefetch_lock):

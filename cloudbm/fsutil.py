@@ -1,12 +1,11 @@
 """Files written so that a crash never leaves half of one, and private ones: stdlib only.
 
-Imported by the fast path of restore_command (cloudbm.fastpath), so it imports only modules
-the interpreter has loaded before any of ours (os, time) or builtin ones (errno), and leaves out
+Imported by the fast path of restore_command (cloudbm.fastpath), so at its top it imports only
+modules the interpreter has loaded before any of ours (os, time), and it leaves out
 `from __future__ import annotations`, a module import of its own: every annotation here is
 valid at run time.
 """
 
-import errno
 import os
 import time
 
@@ -118,6 +117,8 @@ def move_durably(src: StrPath, dest: StrPath) -> None:
         os.replace(src, dest)
         fsync_file(dest)
     except OSError as exc:
+        import errno
+
         if exc.errno != errno.EXDEV:
             raise
         import shutil

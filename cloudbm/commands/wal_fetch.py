@@ -30,15 +30,9 @@ from typing import TYPE_CHECKING
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError, ConfigError, NotFoundError, StorageError
 from cloudbm.fsutil import touch_private, write_durably
-from cloudbm.localstate import (
-    BoundedWait,
-    asked_ns,
-    call_started,
-    lock_is_held,
-    take_lock,
-    worker_note,
-)
+from cloudbm.localstate import asked_ns, call_started, lock_is_held, take_lock, worker_note
 from cloudbm.localstate.spool import Spool, recovery_session, spool_root
+from cloudbm.localstate.wait import BoundedWait
 from cloudbm.localstate.workers import spawn_worker
 from cloudbm.logs import log
 from cloudbm.pg import walnames

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cloudbm.config import Settings
 from cloudbm.errors import ConfigError
-from cloudbm.localstate import BoundedWait, lock_is_held
+from cloudbm.localstate import lock_is_held
 from cloudbm.localstate.spool import Markers, ready_files, spool_root
+from cloudbm.localstate.wait import BoundedWait
 from cloudbm.localstate.workers import spawn_worker
 from cloudbm.logs import log
 from cloudbm.pg import walnames

@@ -157,7 +157,7 @@ def test_the_background_pusher_refuses_the_same_files_and_leaves_them_to_postgre
     repo: Repository, pg_wal: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cloudbm.commands import wal_push_ahead
-    from cloudbm.commands.wal_spool import Markers, spool_root
+    from cloudbm.localstate.spool import Markers, spool_root
 
     monkeypatch.setattr(wal_push_ahead, "IDLE_EXIT_SECONDS", 0.1)
     files = {
