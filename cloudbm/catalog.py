@@ -1,20 +1,13 @@
 """Backup manifests and the catalogue: what a backup is, which backups exist, which is 'latest'.
 
-Everything under `backups/<ID>/` is written once and never rewritten (Object Lock friendly):
+Pure: the objects a backup is made of, and where each lives, are described in
+cloudbm.repository.layout; reading them is cloudbm.repository.catalogue's job.
 
-    backups/<ID>/started.json        plain JSON: host, pid, label, begin time (first object written)
-    backups/<ID>/waiting.json        plain JSON: the stop LSN/segment being waited for
-    backups/<ID>/failed.json         plain JSON: the error, when the run failed
-    backups/<ID>/data/part-NNNNN     tar part (envelope: compressed, encrypted)
-    backups/<ID>/data/part-NNNNN.files  file list of that part (envelope: JSON lines)
-    backups/<ID>/recovery            backup_label + tablespace_map (envelope)
-    backups/<ID>/manifest.json       plain JSON summary, written last: its presence = DONE
-    backups/<ID>/keep/<time>.json    keep events (full, standalone, released); the newest wins
-
-The summary holds what listing and retention need (a host with only the public key can read it);
-file names and the backup label are only in encrypted objects. The summary pins every other
-object by the SHA-256 of its stored bytes, and the encrypted recovery object pins the summary by
-the SHA-256 of its canonical form, so tampering with either is detected at recovery/verify.
+The summary (manifest.json) holds what listing and retention need (a host with only the public
+key can read it); file names and the backup label are only in encrypted objects. The summary
+pins every other object by the SHA-256 of its stored bytes, and the encrypted recovery object
+pins the summary by the SHA-256 of its canonical form, so tampering with either is detected at
+recovery/verify.
 """
 
 from __future__ import annotations
@@ -30,7 +23,6 @@ from typing import Any
 
 from cloudbm.errors import IntegrityError, NotFoundError
 
-BACKUPS_PREFIX = "backups/"
 MANIFEST_FORMAT = 1
 
 DONE = "DONE"
@@ -41,18 +33,6 @@ INCOMPLETE = "INCOMPLETE"
 
 LATEST_ALIASES = ("latest", "last")
 OLDEST_ALIASES = ("oldest", "first")
-
-
-def backup_prefix(backup_id: str) -> str:
-    return f"{BACKUPS_PREFIX}{backup_id}/"
-
-
-def manifest_key(backup_id: str) -> str:
-    return f"{backup_prefix(backup_id)}manifest.json"
-
-
-def part_key(backup_id: str, number: int) -> str:
-    return f"{backup_prefix(backup_id)}data/part-{number:05d}"
 
 
 def utc_now() -> datetime:
@@ -200,20 +180,18 @@ class BackupEntry:
 
 
 def entry_status(
-    backup_id: str,
-    keys: set[str],
+    objects: set[str],
     started: dict[str, Any] | None,
     this_host: str,
     pid_alive: Any,
 ) -> str:
-    """Status from the objects present; an unfinished run whose process is gone (same host)
-    is INCOMPLETE."""
-    prefix = backup_prefix(backup_id)
-    if prefix + "manifest.json" in keys:
+    """Status from the names of the run records present (`manifest.json`, `failed.json`,
+    `waiting.json`); an unfinished run whose process is gone (same host) is INCOMPLETE."""
+    if "manifest.json" in objects:
         return DONE
-    if prefix + "failed.json" in keys:
+    if "failed.json" in objects:
         return FAILED
-    status = WAITING_FOR_WALS if prefix + "waiting.json" in keys else STARTED
+    status = WAITING_FOR_WALS if "waiting.json" in objects else STARTED
     if started and started.get("host") == this_host and not pid_alive(int(started.get("pid", 0))):
         return INCOMPLETE
     return status

@@ -180,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deep",
         action="store_true",
-        help="compare every segment's first page with its name (a HEAD or a first-chunk read "
-        "each)",
+        help="compare every segment's first page with its name (a HEAD or a first-chunk read each)",
     )
 
     p = sub.add_parser(
@@ -326,14 +325,13 @@ def _settings(args: Args) -> Any:
 
 def _remember_for_fast_path(args: Args, settings: Any) -> None:
     """Let later calls with the same flags, environment and files skip this work."""
-    from cloudbm.commands.context import spool_dir
     from cloudbm.localstate import KEY_FLAGS, remember_settings
 
     flags = {k: getattr(args, k, None) for k in KEY_FLAGS}
     remember_settings(
         flags,
         {
-            "spool_root": str(spool_dir(settings)),
+            "spool_root": str(settings.spool_dir()),
             "wal_push_ahead": settings.wal_push_ahead,
             "wal_prefetch": settings.wal_prefetch,
         },

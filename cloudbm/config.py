@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cloudbm import localstate
 from cloudbm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cloudbm.repository import Repository, RepositoryConfig
 
 DEFAULT_CONFIG_PATH = Path(localstate.DEFAULT_CONFIG_PATH)
 ENV_PREFIX = "CLOUDBM_"
@@ -135,6 +138,49 @@ class Settings:
             azure_connection_string=conn,
         )
 
+    def repository_config(self) -> RepositoryConfig:
+        """What the repository layer needs of these settings."""
+        from cloudbm.repository import RepositoryConfig
+
+        return RepositoryConfig(
+            url=self.repository,
+            storage_options=self.storage_options(),
+            append_only=self.append_only,
+            compression=self.compression,
+            compression_level=self.compression_level,
+            wal_compression_level=self.wal_compression_level,
+            encryption=self.encryption,
+            key_file=self.key_file,
+            public_key_file=self.public_key_file,
+            private_key_file=self.private_key_file,
+            passphrase=self.passphrase,
+        )
+
+    def open_repository(self) -> Repository:
+        """This server's repository over a retrying storage backend; a context manager."""
+        from cloudbm.repository import open_repository
+
+        return open_repository(self.repository_config())
+
+    def spool_dir(self) -> Path:
+        """Per-repository local state (locks, push markers, prefetched WAL), outside pg_wal."""
+        from cloudbm.localstate.spool import spool_root
+
+        return spool_root(self.spool_directory, self.server, self.repository)
+
+    def pgdata_path(self) -> Path:
+        """The data directory: configured `pgdata`, else the current directory when it is one
+        (archive_command and restore_command run with cwd = PGDATA)."""
+        if self.pgdata:
+            return Path(self.pgdata)
+        cwd = Path(os.getcwd())
+        if (cwd / "global" / "pg_control").exists():
+            return cwd
+        raise ConfigError(
+            "pgdata is not configured and the current directory is not a data directory",
+            hint="set pgdata (or CLOUDBM_PGDATA, or --pgdata)",
+        )
+
     def passphrase(self) -> bytes:
         """The repository passphrase from $CLOUDBM_PASSPHRASE or `passphrase_file`."""
         env = os.environ.get("CLOUDBM_PASSPHRASE")
@@ -234,7 +280,7 @@ def _policy(key: str, value: Any) -> str:
 
 
 def _age(key: str, value: Any) -> str:
-    from cloudbm.commands.check import parse_age
+    from cloudbm.durations import parse_age
 
     text = _string(key, value)
     parse_age(text)

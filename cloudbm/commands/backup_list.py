@@ -8,10 +8,9 @@ from dataclasses import asdict
 from typing import Any
 
 from cloudbm.catalog import BackupEntry, resolve
-from cloudbm.commands.catalogue import load_catalogue, wal_sizes_by_segment
-from cloudbm.commands.context import open_repository
-from cloudbm.commands.progress import human_bytes
 from cloudbm.config import Settings
+from cloudbm.progress import human_bytes
+from cloudbm.repository.catalogue import load_catalogue, wal_sizes_by_segment
 
 
 def _wal_since(entry: BackupEntry, wal: list[tuple[str, int]], names: list[str]) -> int | None:
@@ -25,7 +24,7 @@ def _wal_since(entry: BackupEntry, wal: list[tuple[str, int]], names: list[str])
 
 def list_backups(settings: Settings) -> list[dict[str, Any]]:
     """One row per backup, oldest first."""
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         entries = load_catalogue(repo)
         wal = wal_sizes_by_segment(repo) if any(e.manifest for e in entries) else []
@@ -101,7 +100,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def show_backup(settings: Settings, wanted: str) -> dict[str, Any]:
     """Everything the summary holds about one backup (plus status objects)."""
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         entry = resolve(load_catalogue(repo), wanted)
     finally:

@@ -33,19 +33,10 @@ from cloudbm.catalog import (
     PartInfo,
     StartedRecord,
     TablespaceRecord,
-    backup_prefix,
     iso,
-    manifest_key,
     new_backup_id,
-    part_key,
     utc_now,
 )
-from cloudbm.commands.catalogue import load_catalogue
-from cloudbm.commands.context import open_repository
-from cloudbm.commands.hooks import run_hook
-from cloudbm.commands.init import initialise_repository
-from cloudbm.commands.progress import Progress, RateLimiter, human_bytes
-from cloudbm.commands.wal_layout import wal_key
 from cloudbm.config import Settings
 from cloudbm.errors import (
     CheckFailed,
@@ -54,12 +45,16 @@ from cloudbm.errors import (
     ObjectExistsError,
     StorageError,
 )
-from cloudbm.lease import BACKUP_LEASE, Lease, LeaseHeldError
+from cloudbm.hooks import run_hook
 from cloudbm.logs import log
 from cloudbm.pg import datadir, walnames
 from cloudbm.pg.archiver import ArchiverStats, archiver_runs_here, wait_verdict
 from cloudbm.pg.session import BackupSession, ServerInfo, parse_backup_label
+from cloudbm.progress import Progress, RateLimiter, human_bytes
 from cloudbm.repository import Repository
+from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.layout import backup_prefix, manifest_key, part_key, wal_key
+from cloudbm.repository.lease import BACKUP_LEASE, Lease, LeaseHeldError
 from cloudbm.storage.retry import RetryPolicy
 from cloudbm.tarstream import TarPartReader, plan_parts
 
@@ -411,7 +406,7 @@ def _hook_env(
 
 def backup_push(settings: Settings, options: BackupOptions) -> Manifest:
     """Take a base backup; returns the manifest of the DONE backup."""
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     lease = Lease(
         repo.storage,
         BACKUP_LEASE,
@@ -456,7 +451,7 @@ def _backup(
         try:
             repo.check_cluster(info.system_identifier, info.major)
         except NotFoundError:
-            initialise_repository(settings, repo)
+            repo.initialise_for(settings.pgdata_path())
             repo.check_cluster(info.system_identifier, info.major)
         identity_file = pgdata / "global" / "pg_control"
         if not identity_file.exists():

@@ -13,18 +13,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 from cloudbm import __version__
 from cloudbm.catalog import DONE, BackupEntry, parse_iso, utc_now
-from cloudbm.commands.catalogue import load_catalogue
-from cloudbm.commands.context import open_repository
-from cloudbm.commands.wal_layout import WAL_PREFIX, wal_key
 from cloudbm.config import Settings
+from cloudbm.durations import parse_age
 from cloudbm.errors import CloudbmError, NotFoundError, ObjectNotFoundError
 from cloudbm.pg import walnames
 from cloudbm.repository import Repository
+from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.layout import WAL_PREFIX, wal_key
 
 PROBE_PREFIX = "check/probe-"
 
@@ -48,27 +47,11 @@ def _run(name: str, fn: Callable[[], str]) -> CheckResult:
         return CheckResult(name, False, f"{type(exc).__name__}: {exc}")
 
 
-def parse_age(text: str) -> timedelta:
-    """'2 DAYS', '36 HOURS', '1 WEEK' -> timedelta (last_backup_maximum_age)."""
-    from cloudbm.errors import ConfigError
-
-    parts = text.strip().split()
-    units = {"hour": 3600, "day": 86400, "week": 7 * 86400}
-    if len(parts) == 2 and parts[0].isdigit():
-        unit = parts[1].lower().rstrip("s")
-        if unit in units:
-            return timedelta(seconds=int(parts[0]) * units[unit])
-    raise ConfigError(
-        f"last_backup_maximum_age {text!r} is not valid",
-        hint="use a number and HOURS, DAYS or WEEKS, e.g. '2 DAYS'",
-    )
-
-
 def run_checks(settings: Settings) -> list[CheckResult]:
     """Every check for one server, in a fixed order."""
     results: list[CheckResult] = [CheckResult("configuration", True, settings.source)]
     try:
-        repo = open_repository(settings)
+        repo = settings.open_repository()
     except CloudbmError as exc:
         return [*results, CheckResult("repository reachable", False, str(exc))]
     try:
@@ -301,7 +284,7 @@ def diagnose(servers: list[Settings]) -> dict[str, Any]:
     for settings in servers:
         entry: dict[str, Any] = {"configuration": _masked(settings)}
         try:
-            repo = open_repository(settings)
+            repo = settings.open_repository()
             try:
                 desc = repo.read_descriptor()
                 entry["repository"] = desc.as_dict()
@@ -360,7 +343,7 @@ def metrics(servers: list[Settings]) -> str:
     for settings in servers:
         label = f'server="{settings.server}"'
         try:
-            repo = open_repository(settings)
+            repo = settings.open_repository()
             try:
                 entries = load_catalogue(repo)
                 total = 0

@@ -34,10 +34,6 @@ from cloudbm.catalog import (
     Manifest,
     resolve,
 )
-from cloudbm.commands.catalogue import load_catalogue
-from cloudbm.commands.context import open_repository
-from cloudbm.commands.progress import Progress, human_bytes
-from cloudbm.commands.wal_layout import WAL_PREFIX
 from cloudbm.config import Settings
 from cloudbm.errors import (
     CheckFailed,
@@ -55,7 +51,10 @@ from cloudbm.pg.recovery_conf import (
 )
 from cloudbm.pg.recovery_conf import settings as recovery_settings
 from cloudbm.pg.recovery_target import Reach
+from cloudbm.progress import Progress, human_bytes
 from cloudbm.repository import Repository
+from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.layout import WAL_PREFIX
 from cloudbm.tarstream import FileRecord, TarExtractor, pending_path
 
 if TYPE_CHECKING:
@@ -414,7 +413,7 @@ def recover(settings: Settings, options: RecoverOptions) -> RecoverResult:
     restore_command = options.restore_command or _default_restore_command(settings, options)
     config = RecoveryConfig(restore_command, target, options.standby, options.archive_mode_off)
     recovery_settings(config)  # every value PostgreSQL will read, checked before any I/O
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         return _recover(settings, repo, options, config)
     finally:

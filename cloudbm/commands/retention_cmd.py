@@ -18,15 +18,10 @@ from typing import Any
 from cloudbm.catalog import (
     DONE,
     BackupEntry,
-    backup_prefix,
     iso,
-    manifest_key,
     resolve,
     utc_now,
 )
-from cloudbm.commands.catalogue import load_catalogue
-from cloudbm.commands.context import open_repository
-from cloudbm.commands.wal_layout import WAL_PREFIX, wal_key
 from cloudbm.config import Settings
 from cloudbm.errors import (
     CheckFailed,
@@ -39,6 +34,8 @@ from cloudbm.errors import (
 from cloudbm.logs import log
 from cloudbm.pg import timeline, walnames
 from cloudbm.repository import Repository
+from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.layout import WAL_PREFIX, backup_prefix, manifest_key, wal_key
 from cloudbm.retention import Plan, parse_policy, plan
 
 KEEP_TARGETS = ("full", "standalone")
@@ -132,7 +129,7 @@ def retention(settings: Settings, *, dry_run: bool) -> Applied:
             f"no retention_policy configured for server {settings.server!r}",
             hint='e.g. retention_policy = "RECOVERY WINDOW OF 14 DAYS" or "REDUNDANCY 3"',
         )
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         the_plan = _plan(settings, repo, load_catalogue(repo), settings.retention_policy)
         removed: list[str] = []
@@ -155,7 +152,7 @@ def retention(settings: Settings, *, dry_run: bool) -> Applied:
 def _remove_superseded_leases(settings: Settings, repo: Repository) -> None:
     """backup-push leaves the objects of its lease behind where it may not delete (append-only
     database hosts); every lease but the newest is history."""
-    from cloudbm.lease import BACKUP_LEASE, Lease
+    from cloudbm.repository.lease import BACKUP_LEASE, Lease
 
     lease = Lease(
         repo.storage,
@@ -174,7 +171,7 @@ def _remove_superseded_leases(settings: Settings, repo: Repository) -> None:
 
 def delete(settings: Settings, wanted: str, *, force: bool) -> Applied:
     """Remove one backup and the WAL no remaining backup needs."""
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         entries = load_catalogue(repo)
         entry = resolve(entries, wanted)
@@ -215,7 +212,7 @@ def keep(settings: Settings, wanted: str, *, target: str | None, release: bool) 
     """Mark a DONE backup as kept (full or standalone), or release it. Returns its id."""
     if release == (target is not None):
         raise ConfigError("keep needs --target full|standalone, or --release")
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         entry = resolve(load_catalogue(repo), wanted)
         if entry.status != DONE:

@@ -24,10 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudbm.catalog import DONE, resolve
-from cloudbm.commands.catalogue import load_catalogue
-from cloudbm.commands.context import open_repository
 from cloudbm.commands.recover import HashingStream, recovery_object
-from cloudbm.commands.wal_layout import WAL_PREFIX
 from cloudbm.config import Settings
 from cloudbm.errors import (
     EXIT_STORAGE,
@@ -39,6 +36,8 @@ from cloudbm.errors import (
 )
 from cloudbm.pg import timeline, walfile, walnames
 from cloudbm.repository import Descriptor, Repository
+from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.layout import WAL_PREFIX
 from cloudbm.storage.base import ObjectInfo
 from cloudbm.tarstream import FileRecord, TarExtractor
 
@@ -68,7 +67,7 @@ def verify_backup(settings: Settings, wanted: str) -> VerifyReport:
     StorageError (exit 4) when nothing read was bad but some objects could not be read."""
     from cloudbm.codec.envelope import DecodingReader, decode_bytes
 
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         entry = resolve(load_catalogue(repo), wanted)
         if entry.status != DONE or entry.manifest is None:
@@ -173,7 +172,7 @@ def wal_verify(settings: Settings, *, deep: bool = False) -> dict[str, Any]:
     of each timeline, so a misnamed object is reported as such and never as the end of a
     gap. `deep` checks every segment and partial segment.
     """
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         finished = [e for e in load_catalogue(repo) if e.status == DONE and e.manifest]
         listing = {

@@ -226,11 +226,10 @@ class _DirectFetch:
         self._thread.start()
 
     def _run(self) -> None:
-        from cloudbm.commands.context import open_repository
-        from cloudbm.commands.wal_layout import wal_key
+        from cloudbm.repository.layout import wal_key
 
         try:
-            repo = open_repository(self._settings)
+            repo = self._settings.open_repository()
             try:
                 self._data, _info = repo.get_bytes(wal_key(self._name))
             finally:
@@ -287,8 +286,6 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from cloudbm.commands.context import open_repository
-
     spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
     lock = take_lock(spool.lock, worker_note(os.getpid(), settings.operation_timeout))
     if lock is None:
@@ -297,7 +294,7 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
         spool.starting.unlink()
     spool.clear()  # files of an earlier worker may predate a crash: they were not fsynced
     # No single request may outlast the deadline of the whole operation either.
-    repo = open_repository(_within(settings, settings.operation_timeout))
+    repo = _within(settings, settings.operation_timeout).open_repository()
     worker = _Prefetcher(settings, spool, repo, wait_first)
     try:
         # The file recovery waits for never queues behind the look-ahead: it has its own threads.
@@ -349,8 +346,8 @@ class _Prefetcher:
     def fetch(self, n: str) -> tuple[bool, int]:
         """(stored?, when the request was sent as time.time_ns()): a 404 is only as fresh as
         the request that got it, and a call trusts no answer to a request older than its own."""
-        from cloudbm.commands.wal_layout import wal_key
         from cloudbm.errors import ObjectNotFoundError
+        from cloudbm.repository.layout import wal_key
 
         sent = time.time_ns()
         try:

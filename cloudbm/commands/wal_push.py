@@ -62,14 +62,13 @@ class WalPusher:
 
     def descriptor(self) -> Descriptor:
         """The repository descriptor, created from the data directory on first use."""
-        from cloudbm.commands.init import initialise_repository
         from cloudbm.errors import NotFoundError
 
         if self._descriptor is None:
             try:
                 self._descriptor = self.repo.read_descriptor()
             except NotFoundError:
-                self._descriptor = initialise_repository(self.settings, self.repo)[0]
+                self._descriptor = self.repo.initialise_for(self.settings.pgdata_path())[0]
         return self._descriptor
 
     def params(self) -> EncodeParams:
@@ -128,9 +127,9 @@ class WalPusher:
         """Switch points of `name`'s timeline, to place a first page from timeline `page_tli`:
         from pg_wal (PostgreSQL writes the history before the timeline's first segment), else
         from the archive (its metadata, else its content)."""
-        from cloudbm.commands.wal_layout import wal_key
         from cloudbm.errors import IntegrityError, ObjectNotFoundError
         from cloudbm.pg import timeline
+        from cloudbm.repository.layout import wal_key
 
         tli = name.timeline
         history = walnames.history_name(tli)
@@ -193,8 +192,8 @@ class WalPusher:
 
     def push(self, name: walnames.WalName, data: bytes, sha: str) -> PushResult:
         """Validate and upload one file; identical re-pushes succeed, different ones fail."""
-        from cloudbm.commands.wal_layout import wal_key
         from cloudbm.errors import ConflictError, ObjectExistsError
+        from cloudbm.repository.layout import wal_key
 
         meta = {"cloudbm-kind": name.kind, **self.validate(name, data)}
         key = wal_key(name)
@@ -319,15 +318,14 @@ def push_one(settings: Settings, path: Path, name: walnames.WalName) -> PushResu
     """Upload one file in this process (hooks included); its outcome is the exit status."""
     markers_root = spool_root(settings.spool_directory, settings.server, settings.repository)
     Markers(markers_root).clear_failure(name.name)
-    from cloudbm.commands.context import open_repository
-    from cloudbm.commands.hooks import run_hook
     from cloudbm.errors import CloudbmError
+    from cloudbm.hooks import run_hook
     from cloudbm.repository import sha256_hex
 
     data, _st = read_file(path)
     env = hook_env(settings, name.name, path, len(data))
     run_hook(settings.pre_archive_script, "pre", env, fatal=True)
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     try:
         result = WalPusher(settings, repo, path.parent).push(name, data, sha256_hex(data))
     except CloudbmError as exc:

@@ -12,11 +12,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from cloudbm.commands.context import open_repository
-from cloudbm.commands.hooks import run_hook
 from cloudbm.commands.wal_push import WalPusher, hook_env, read_file
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError
+from cloudbm.hooks import run_hook
 from cloudbm.localstate import take_lock
 from cloudbm.localstate.spool import Markers, ready_files, spool_root
 from cloudbm.logs import log
@@ -35,7 +34,7 @@ def push_ahead(settings: Settings, pg_wal: Path, exclude: frozenset[str] = froze
     lock = take_lock(markers.lock)
     if lock is None:
         return 0  # another pusher runs
-    repo = open_repository(settings)
+    repo = settings.open_repository()
     pusher = WalPusher(settings, repo, pg_wal)
     markers.collect_garbage(pg_wal)
     window = max(1, settings.wal_push_ahead)

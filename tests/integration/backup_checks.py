@@ -7,21 +7,16 @@ import json
 import tempfile
 from pathlib import Path
 
-from cloudbm.catalog import Manifest, manifest_key
+from cloudbm.catalog import Manifest
 from cloudbm.config import load_settings
 from cloudbm.pg import datadir
 from cloudbm.repository import Repository
-from cloudbm.storage.retry import RetryingStorage
-from cloudbm.storage.url import open_storage
+from cloudbm.repository.layout import manifest_key
 from cloudbm.tarstream import FileRecord, TarExtractor
 
 
 def open_repo(config: Path) -> Repository:
-    settings = load_settings(config_path=str(config))
-    options = settings.storage_options()
-    return Repository(
-        RetryingStorage.from_options(open_storage(settings.repository, options), options), settings
-    )
+    return load_settings(config_path=str(config)).open_repository()
 
 
 def load_manifest(repo: Repository, backup_id: str) -> Manifest:

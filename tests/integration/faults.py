@@ -35,9 +35,7 @@ def start_proxy(backend: str, endpoints: Any, **kwargs: Any) -> Any:
 
 
 def _azure_via(connection_string: str, proxy_url: str) -> str:
-    return re.sub(
-        r"BlobEndpoint=http://[^/;]+/", f"BlobEndpoint={proxy_url}/", connection_string
-    )
+    return re.sub(r"BlobEndpoint=http://[^/;]+/", f"BlobEndpoint={proxy_url}/", connection_string)
 
 
 def through_proxy(target: T, proxy: Any) -> T:

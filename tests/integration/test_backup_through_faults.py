@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from cloudbm.catalog import manifest_key
-from cloudbm.commands.catalogue import load_catalogue
 from cloudbm.repository import Repository
+from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.layout import manifest_key
 from tests.integration.backup_checks import open_repo
 from tests.integration.faults import start_proxy, through_proxy
 from tests.integration.pgcluster import (

@@ -347,13 +347,12 @@ def test_wrong_key_fails_with_integrity_status(archive: Archive) -> None:
 @contextmanager
 def _repository(archive: Archive) -> Iterator[Any]:
     """The archive's repository, opened in this process with the fetch configuration."""
-    from cloudbm.commands.context import open_repository
     from cloudbm.config import load_settings
 
     saved = dict(os.environ)
     os.environ.update(archive.target.env)
     try:
-        repo = open_repository(load_settings(config_path=str(archive.fetch_config)))
+        repo = load_settings(config_path=str(archive.fetch_config)).open_repository()
         try:
             yield repo
         finally:
@@ -368,8 +367,8 @@ def _repository(archive: Archive) -> Iterator[Any]:
 def _remove(archive: Archive, *names: str) -> None:
     """Delete objects a test planted (or that a defect let in), so later tests see a clean
     archive."""
-    from cloudbm.commands.wal_layout import wal_key
     from cloudbm.pg import walnames
+    from cloudbm.repository.layout import wal_key
 
     with _repository(archive) as repo:
         repo.storage.delete_many([wal_key(walnames.parse(n)) for n in names])
@@ -440,8 +439,8 @@ def test_wal_verify_names_a_bad_history_and_a_misnamed_segment_already_archived(
 ) -> None:
     """Objects an earlier cloudbm let in (stored with the metadata it wrote then) are named
     for what they are, and the misnamed segment is not taken for the end of a gap."""
-    from cloudbm.commands.wal_layout import wal_key
     from cloudbm.pg import walnames
+    from cloudbm.repository.layout import wal_key
 
     cluster = archive.cluster
     cluster.wait_archived()

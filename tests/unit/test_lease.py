@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cloudbm.errors import TransientStorageError
-from cloudbm.lease import (
+from cloudbm.repository.lease import (
     Lease,
     LeaseHeldError,
     LeaseLostError,

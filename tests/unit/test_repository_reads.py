@@ -9,10 +9,10 @@ from typing import BinaryIO
 
 import pytest
 
-from cloudbm.commands.catalogue import load_catalogue
 from cloudbm.config import Settings
 from cloudbm.errors import IntegrityError, TransientStorageError
 from cloudbm.repository import Descriptor, Repository
+from cloudbm.repository.catalogue import load_catalogue
 from cloudbm.storage.base import BytesReader, ObjectInfo
 
 
@@ -59,9 +59,8 @@ class ShortReads:
 @pytest.fixture
 def repo(tmp_path: Path) -> tuple[Repository, ShortReads]:
     storage = ShortReads()
-    repository = Repository(
-        storage, Settings(repository="mem://repo", spool_directory=str(tmp_path))
-    )
+    config = Settings(repository="mem://repo", spool_directory=str(tmp_path)).repository_config()
+    repository = Repository(storage, config)
     repository.create_descriptor(Descriptor(1234, 15, 1024 * 1024))
     repository.put_bytes("wal/obj", b"segment " * 1000)
     storage.put("backups/20260101T000000/manifest.json", b'{"backup_id": "x", "parts": []}')

@@ -197,7 +197,7 @@ def test_the_prefetch_worker_survives_a_backend_exception_and_reports_it_once(
 ) -> None:
     broken = SEGMENTS[1]
     repo = _FlakyRepository(broken, set(SEGMENTS))
-    monkeypatch.setattr("cloudbm.commands.context.open_repository", lambda settings: repo)
+    monkeypatch.setattr(config.Settings, "open_repository", lambda settings: repo)
     monkeypatch.setattr(wal_fetch, "WORKER_IDLE_EXIT", 0.5)
     logs.configure(verbose=0, quiet=False, command="wal-prefetch")
     settings = config.Settings(

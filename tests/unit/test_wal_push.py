@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudbm.commands.wal_layout import wal_key
 from cloudbm.commands.wal_push import WalPusher
 from cloudbm.config import Settings
 from cloudbm.errors import IntegrityError, ObjectNotFoundError
 from cloudbm.pg import walnames
 from cloudbm.repository import Descriptor, Repository, sha256_hex
+from cloudbm.repository.layout import wal_key
 from cloudbm.storage.local import LocalStorage
 
 SYSID = 7301234567890123456
@@ -29,12 +29,20 @@ def _segment(tli: int, pageaddr: int, size: int = MiB, sysid: int = SYSID) -> by
     return header + bytes(size - len(header))
 
 
+class _Repo(Repository):
+    """A repository that remembers the settings it was opened with (wal-push takes both)."""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        super().__init__(LocalStorage(root), settings.repository_config())
+        self.settings = settings
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Repository:
+def repo(tmp_path: Path) -> _Repo:
     root = tmp_path / "repo"
     root.mkdir()
     settings = Settings(server="t", repository=f"file://{root}", spool_directory=str(tmp_path))
-    repository = Repository(LocalStorage(root), settings)
+    repository = _Repo(root, settings)
     repository.create_descriptor(Descriptor(SYSID, 15, MiB))
     return repository
 
@@ -46,11 +54,11 @@ def pg_wal(tmp_path: Path) -> Path:
     return path
 
 
-def _push(repo: Repository, pg_wal: Path, name: str, data: bytes) -> None:
+def _push(repo: _Repo, pg_wal: Path, name: str, data: bytes) -> None:
     WalPusher(repo.settings, repo, pg_wal).push(walnames.parse(name), data, sha256_hex(data))
 
 
-def _stored(repo: Repository, name: str) -> bool:
+def _stored(repo: _Repo, name: str) -> bool:
     try:
         repo.storage.head(wal_key(walnames.parse(name)))
     except ObjectNotFoundError:
@@ -70,7 +78,7 @@ def _stored(repo: Repository, name: str) -> bool:
     ],
 )
 def test_a_history_file_that_does_not_parse_or_match_its_name_is_refused(
-    repo: Repository, pg_wal: Path, name: str, data: bytes
+    repo: _Repo, pg_wal: Path, name: str, data: bytes
 ) -> None:
     with pytest.raises(IntegrityError) as info:
         _push(repo, pg_wal, name, data)
@@ -80,7 +88,7 @@ def test_a_history_file_that_does_not_parse_or_match_its_name_is_refused(
 
 
 def test_a_history_file_postgresql_wrote_is_stored_with_its_switch_points(
-    repo: Repository, pg_wal: Path
+    repo: _Repo, pg_wal: Path
 ) -> None:
     data = b"1\t0/A05B78\tno recovery target specified\n\n2\t0/A07660\tafter LSN 0/A05BA8\n"
     _push(repo, pg_wal, "00000003.history", data)
@@ -88,7 +96,7 @@ def test_a_history_file_postgresql_wrote_is_stored_with_its_switch_points(
     assert meta["cloudbm-switches"] == "1:0/A05B78,2:0/A07660"
 
 
-def test_a_segment_under_another_segments_name_is_refused(repo: Repository, pg_wal: Path) -> None:
+def test_a_segment_under_another_segments_name_is_refused(repo: _Repo, pg_wal: Path) -> None:
     with pytest.raises(IntegrityError, match="0/500000") as info:
         _push(repo, pg_wal, "000000010000000000000009", _segment(1, 0x500000))
     assert info.value.exit_code == 5
@@ -96,7 +104,7 @@ def test_a_segment_under_another_segments_name_is_refused(repo: Repository, pg_w
 
 
 def test_a_segment_whose_header_declares_another_segment_size_is_refused(
-    repo: Repository, pg_wal: Path
+    repo: _Repo, pg_wal: Path
 ) -> None:
     data = struct.pack("<HHIQI4xQII", 0xD110, 6, 1, 0x900000, 0, SYSID, 3 * MiB, 8192)
     with pytest.raises(IntegrityError, match="segment size"):
@@ -104,7 +112,7 @@ def test_a_segment_whose_header_declares_another_segment_size_is_refused(
     assert not _stored(repo, "000000010000000000000009")
 
 
-def test_a_segment_stored_records_its_header_facts(repo: Repository, pg_wal: Path) -> None:
+def test_a_segment_stored_records_its_header_facts(repo: _Repo, pg_wal: Path) -> None:
     _push(repo, pg_wal, "000000010000000000000009", _segment(1, 0x900000))
     meta = repo.storage.head(wal_key(walnames.parse("000000010000000000000009"))).metadata
     assert meta["cloudbm-wal-page-address"] == "0/900000"
@@ -117,7 +125,7 @@ TL2_HISTORY = b"1\t0/A5F110\tno recovery target specified\n"
 
 
 def test_the_first_segment_after_a_promotion_starts_with_the_parents_page(
-    repo: Repository, pg_wal: Path
+    repo: _Repo, pg_wal: Path
 ) -> None:
     # PostgreSQL copies the old timeline's pages up to the switch point into the new segment.
     (pg_wal / "00000002.history").write_bytes(TL2_HISTORY)
@@ -127,7 +135,7 @@ def test_the_first_segment_after_a_promotion_starts_with_the_parents_page(
 
 
 def test_a_parents_page_is_checked_against_the_archived_history_when_pg_wal_lacks_it(
-    repo: Repository, pg_wal: Path
+    repo: _Repo, pg_wal: Path
 ) -> None:
     _push(repo, pg_wal, "00000002.history", TL2_HISTORY)
     _push(repo, pg_wal, "00000002000000000000000A", _segment(1, 0xA00000))
@@ -137,7 +145,7 @@ def test_a_parents_page_is_checked_against_the_archived_history_when_pg_wal_lack
 
 
 def test_a_parents_page_without_any_history_of_the_timeline_is_refused(
-    repo: Repository, pg_wal: Path
+    repo: _Repo, pg_wal: Path
 ) -> None:
     # Timeline 1's segment 9 pushed as timeline 7's: nothing says timeline 7 began there.
     with pytest.raises(IntegrityError, match=r"00000007\.history"):
@@ -145,7 +153,7 @@ def test_a_parents_page_without_any_history_of_the_timeline_is_refused(
     assert not _stored(repo, "000000070000000000000009")
 
 
-def test_a_backup_history_file_must_match_its_name(repo: Repository, pg_wal: Path) -> None:
+def test_a_backup_history_file_must_match_its_name(repo: _Repo, pg_wal: Path) -> None:
     data = b"START WAL LOCATION: 0/900028 (file 000000010000000000000009)\nLABEL: x\n"
     _push(repo, pg_wal, "000000010000000000000009.00000028.backup", data)
     with pytest.raises(IntegrityError, match="START WAL LOCATION"):
@@ -154,7 +162,7 @@ def test_a_backup_history_file_must_match_its_name(repo: Repository, pg_wal: Pat
 
 
 def test_the_background_pusher_refuses_the_same_files_and_leaves_them_to_postgresql(
-    repo: Repository, pg_wal: Path, monkeypatch: pytest.MonkeyPatch
+    repo: _Repo, pg_wal: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cloudbm.commands import wal_push_ahead
     from cloudbm.localstate.spool import Markers, spool_root

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cloudbm.commands.wal_layout import wal_key
 from cloudbm.errors import ConfigError
 from cloudbm.pg import walnames
 from cloudbm.pg.walnames import WalKind
+from cloudbm.repository.layout import wal_key
 
 
 @pytest.mark.parametrize(

@@ -40,12 +40,11 @@ from cloudbm.errors import (
     StorageError,
 )
 from cloudbm.logs import log
+from cloudbm.repository.layout import LEASE_NUMBER_DIGITS, lease_key, lock_prefix
 from cloudbm.storage.base import ObjectInfo, Storage
 
-LOCKS_PREFIX = "locks/"
 BACKUP_LEASE = "backup"  # one backup-push per server at a time
 LEASE_FORMAT = 1
-NUMBER_DIGITS = 10
 # Rounds of look-and-take before giving up on a lease that keeps changing hands.
 ACQUIRE_ROUNDS = 5
 # Heartbeats per TTL: three may fail (or be late) before the lease lapses.
@@ -158,18 +157,14 @@ class LeaseSeen:
         return max(signs) if signs else None
 
 
-def lease_key(prefix: str, number: int, suffix: str = ".json") -> str:
-    return f"{prefix}lease-{number:0{NUMBER_DIGITS}d}{suffix}"
-
-
 def parse_key(prefix: str, key: str) -> tuple[int, str] | None:
     """(lease number, suffix) of a key under `prefix`, or None for anything else."""
     name = key[len(prefix) :] if key.startswith(prefix) else ""
     head = "lease-"
-    digits = name[len(head) : len(head) + NUMBER_DIGITS]
-    if not name.startswith(head) or len(digits) != NUMBER_DIGITS or not digits.isdigit():
+    digits = name[len(head) : len(head) + LEASE_NUMBER_DIGITS]
+    if not name.startswith(head) or len(digits) != LEASE_NUMBER_DIGITS or not digits.isdigit():
         return None
-    return int(digits), name[len(head) + NUMBER_DIGITS :]
+    return int(digits), name[len(head) + LEASE_NUMBER_DIGITS :]
 
 
 def read_listing(prefix: str, infos: Iterable[ObjectInfo]) -> dict[int, LeaseSeen]:
@@ -313,7 +308,7 @@ class Lease:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
-        self.prefix = f"{LOCKS_PREFIX}{name}/"
+        self.prefix = lock_prefix(name)
         self.ttl = ttl
         self.server = server
         self.can_delete = can_delete

@@ -7,56 +7,52 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cloudbm.catalog import (
-    BACKUPS_PREFIX,
-    BackupEntry,
-    Manifest,
-    backup_prefix,
-    entry_status,
-    pid_alive,
-)
+from cloudbm.catalog import BackupEntry, Manifest, entry_status, pid_alive
 from cloudbm.errors import ObjectNotFoundError
-from cloudbm.repository import Repository, read_whole
+from cloudbm.repository import layout
+from cloudbm.repository.objects import Repository, read_whole
 
 FETCH_THREADS = 16
-SMALL_OBJECTS = ("started.json", "failed.json", "waiting.json")
 
 
 def load_catalogue(repo: Repository) -> list[BackupEntry]:
     """Every backup in the repository with its status, ordered by start time."""
-    keys: set[str] = set()
-    ids: set[str] = set()
+    present: dict[str, set[str]] = {}  # backup id -> the top-level objects it has
     newest_keep: dict[str, str] = {}  # keep events are written once; the newest is in force
-    for info in repo.storage.list(BACKUPS_PREFIX):
-        rest = info.key[len(BACKUPS_PREFIX) :]
-        backup_id, _, leaf = rest.partition("/")
-        if backup_id and leaf and "/" not in leaf:
-            keys.add(info.key)  # only top-level objects matter here, not the data parts
-        elif leaf.startswith("keep/") and info.key > newest_keep.get(backup_id, ""):
+    for info in repo.storage.list(layout.BACKUPS_PREFIX):
+        backup_id, leaf = layout.split_backup_key(info.key)
+        if not backup_id:
+            continue
+        names = present.setdefault(backup_id, set())
+        if leaf and "/" not in leaf:
+            names.add(leaf)  # only top-level objects matter here, not the data parts
+        elif leaf.startswith(layout.KEEP_DIR) and info.key > newest_keep.get(backup_id, ""):
             newest_keep[backup_id] = info.key
-        if backup_id:
-            ids.add(backup_id)
+    ids = sorted(present)
     wanted = [
-        backup_prefix(i) + name
-        for i in sorted(ids)
-        for name in ("manifest.json", *SMALL_OBJECTS)
-        if backup_prefix(i) + name in keys
+        layout.backup_object(i, name)
+        for i in ids
+        for name in (layout.MANIFEST, *layout.RUN_RECORDS)
+        if name in present[i]
     ]
     wanted += sorted(newest_keep.values())
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
         docs = dict(zip(wanted, pool.map(lambda k: _raw(repo, k), wanted), strict=True))
     host = socket.gethostname()
     entries: list[BackupEntry] = []
-    for backup_id in sorted(ids):
-        prefix = backup_prefix(backup_id)
-        manifest_raw = docs.get(prefix + "manifest.json")
+    for backup_id in ids:
+        manifest_key = layout.manifest_key(backup_id)
+        manifest_raw = docs.get(manifest_key)
         manifest = (
-            Manifest.from_json(manifest_raw, f"{repo.storage.url}/{prefix}manifest.json")
+            Manifest.from_json(manifest_raw, f"{repo.storage.url}/{manifest_key}")
             if manifest_raw is not None
             else None
         )
-        small = {name: _as_dict(docs.get(prefix + name)) for name in SMALL_OBJECTS}
-        status = entry_status(backup_id, keys, small["started.json"], host, pid_alive)
+        small = {
+            name: _as_dict(docs.get(layout.backup_object(backup_id, name)))
+            for name in layout.RUN_RECORDS
+        }
+        status = entry_status(present[backup_id], small[layout.STARTED], host, pid_alive)
         keep_doc = _as_dict(docs.get(newest_keep.get(backup_id, "")))
         keep = None
         if keep_doc and keep_doc.get("target") in ("full", "standalone"):
@@ -66,9 +62,9 @@ def load_catalogue(repo: Repository) -> list[BackupEntry]:
                 backup_id=backup_id,
                 status=status,
                 manifest=manifest,
-                started=small["started.json"],
-                failed=small["failed.json"],
-                waiting=small["waiting.json"],
+                started=small[layout.STARTED],
+                failed=small[layout.FAILED],
+                waiting=small[layout.WAITING],
                 keep=keep,
             )
         )
@@ -96,8 +92,8 @@ def _as_dict(raw: bytes | None) -> dict[str, Any] | None:
 def wal_sizes_by_segment(repo: Repository) -> list[tuple[str, int]]:
     """(segment name, stored size) of every archived WAL segment, sorted by name."""
     out: list[tuple[str, int]] = []
-    for info in repo.storage.list("wal/"):
-        name = info.key.rsplit("/", 1)[-1]
+    for info in repo.storage.list(layout.WAL_PREFIX):
+        name = layout.wal_leaf(info.key)
         if len(name) == 24:
             out.append((name, info.size))
     out.sort()
