@@ -445,7 +445,7 @@ def run(args: Args) -> int:
     if command == "diagnose":
         import json
 
-        from cloudbm.commands.check import diagnose
+        from cloudbm.commands.diagnose import diagnose
 
         _write(
             json.dumps(
@@ -458,12 +458,12 @@ def run(args: Args) -> int:
         )
         return 0
     if command == "metrics":
-        from cloudbm.commands.check import metrics
+        from cloudbm.commands.metrics import metrics
 
         _write(metrics(_each_server(args, args.target)))
         return 0
     if command == "retention":
-        from cloudbm.commands.retention_cmd import retention
+        from cloudbm.commands.retention import retention
 
         docs: list[dict[str, Any]] = []
         texts: list[str] = []
@@ -488,7 +488,7 @@ def run(args: Args) -> int:
         _emit(args, "\n".join(texts), {"servers": docs})
         return 0
     if command == "delete":
-        from cloudbm.commands.retention_cmd import delete
+        from cloudbm.commands.retention import delete
 
         applied = delete(_settings(args), args.backup_id, force=args.force)
         _emit(
@@ -499,7 +499,7 @@ def run(args: Args) -> int:
         )
         return 0
     if command == "keep":
-        from cloudbm.commands.retention_cmd import keep
+        from cloudbm.commands.retention import keep
 
         kept = keep(_settings(args), args.backup_id, target=args.target, release=args.release)
         verb = "released" if args.release else f"kept ({args.target})"
@@ -523,7 +523,7 @@ def run(args: Args) -> int:
         )
         return 0
     if command == "wal-verify":
-        from cloudbm.commands.verify import wal_verify
+        from cloudbm.commands.wal_verify import wal_verify
 
         wal_report = wal_verify(_settings(args), deep=args.deep)
         lines = [

@@ -552,7 +552,7 @@ def _backup(
             label_info.backup_from,
         )
         if options.keep:
-            from cloudbm.commands.retention_cmd import write_keep_mark
+            from cloudbm.repository.catalogue import write_keep_mark
 
             write_keep_mark(repo, run.backup_id, options.keep)
         run_hook(

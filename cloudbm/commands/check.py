@@ -1,15 +1,12 @@
-"""`cloudbm check`, `cloudbm diagnose`, `cloudbm metrics`: is the repository healthy, and why not.
+"""`cloudbm check`: is the repository healthy, and if not, why not.
 
-check runs every check and reports each as one OK/FAILED line (or Nagios plugin output, or
-JSON); any failure is exit 3. diagnose gathers what a bug report needs. metrics prints
-Prometheus text-format gauges for the node-exporter textfile collector.
+Every check is reported as one OK/FAILED line (or Nagios plugin output, or JSON); any failure
+is exit 3.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +20,7 @@ from cloudbm.errors import CloudbmError, NotFoundError, ObjectNotFoundError
 from cloudbm.pg import walnames
 from cloudbm.repository import Repository
 from cloudbm.repository.catalogue import load_catalogue
-from cloudbm.repository.layout import WAL_PREFIX, wal_key
+from cloudbm.repository.layout import wal_key
 
 PROBE_PREFIX = "check/probe-"
 
@@ -130,10 +127,11 @@ def _redundancy(settings: Settings, done: list[BackupEntry]) -> str:
 
 
 def _continuity(settings: Settings) -> str:
-    from cloudbm.commands.verify import wal_verify
     from cloudbm.errors import CheckFailed
+    from cloudbm.repository.walcheck import wal_report
 
-    report = wal_verify(settings)
+    with settings.open_repository() as repo:
+        report = wal_report(repo, jobs=settings.jobs)
     if not report["ok"]:
         raise CheckFailed("; ".join(report["problems"]))
     segments = sum(int(t["segments"]) for t in report["timelines"].values())
@@ -234,174 +232,3 @@ def nagios(server_results: dict[str, list[CheckResult]]) -> tuple[str, int]:
 
 def as_json(server_results: dict[str, list[CheckResult]]) -> dict[str, Any]:
     return {s: [asdict(r) for r in rs] for s, rs in server_results.items()}
-
-
-# --- diagnose ---------------------------------------------------------------------------------
-
-
-SECRET_HINTS = ("pass", "secret", "key_file", "private", "connection_string", "token")
-
-
-def _masked(settings: Settings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in settings.as_dict().items():
-        if value and any(h in key for h in SECRET_HINTS):
-            out[key] = "***" if "file" not in key else f"{value} (path only)"
-        elif key == "conninfo" and value:
-            out[key] = " ".join(
-                "password=***" if p.startswith("password=") else p for p in str(value).split()
-            )
-        else:
-            out[key] = value
-    return out
-
-
-def diagnose(servers: list[Settings]) -> dict[str, Any]:
-    """Versions, configuration (secrets masked) and each server's status: a bug report."""
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {"cloudbm": __version__, "python": sys.version.split()[0]}
-    for dist in (
-        "boto3",
-        "botocore",
-        "google-cloud-storage",
-        "azure-storage-blob",
-        "cryptography",
-        "zstandard",
-        "lz4",
-        "psycopg",
-    ):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    report: dict[str, Any] = {
-        "versions": versions,
-        "platform": platform.platform(),
-        "environment": sorted(k for k in os.environ if k.startswith("CLOUDBM_")),
-        "servers": {},
-    }
-    for settings in servers:
-        entry: dict[str, Any] = {"configuration": _masked(settings)}
-        try:
-            repo = settings.open_repository()
-            try:
-                desc = repo.read_descriptor()
-                entry["repository"] = desc.as_dict()
-                entries = load_catalogue(repo)
-                done = [e for e in entries if e.status == DONE]
-                entry["backups"] = {
-                    s: sum(1 for e in entries if e.status == s)
-                    for s in sorted({e.status for e in entries})
-                }
-                entry["last_backup"] = done[-1].backup_id if done else None
-            finally:
-                repo.storage.close()
-        except CloudbmError as exc:
-            entry["error"] = str(exc)
-        if settings.conninfo:
-            try:
-                from cloudbm.pg.session import BackupSession
-
-                session = BackupSession(settings.conninfo)
-                try:
-                    entry["postgresql"] = session.info().version
-                finally:
-                    session.close()
-            except CloudbmError as exc:
-                entry["postgresql_error"] = str(exc)
-        report["servers"][settings.server] = entry
-    return report
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-
-def metrics(servers: list[Settings]) -> str:
-    """Prometheus text format for the node-exporter textfile collector."""
-    rows: dict[str, list[str]] = {
-        "cloudbm_last_backup_age_seconds": [],
-        "cloudbm_last_backup_size_bytes": [],
-        "cloudbm_last_backup_stored_bytes": [],
-        "cloudbm_backups": [],
-        "cloudbm_last_archived_wal_age_seconds": [],
-        "cloudbm_archive_failures_total": [],
-        "cloudbm_repository_bytes": [],
-        "cloudbm_up": [],
-    }
-    helps = {
-        "cloudbm_last_backup_age_seconds": "Seconds since the newest DONE backup ended.",
-        "cloudbm_last_backup_size_bytes": "Bytes of the files in the newest DONE backup.",
-        "cloudbm_last_backup_stored_bytes": "Bytes the newest DONE backup occupies in storage.",
-        "cloudbm_backups": "Backups in the repository, by status.",
-        "cloudbm_last_archived_wal_age_seconds": "Seconds since the newest WAL object was stored.",
-        "cloudbm_archive_failures_total": "pg_stat_archiver.failed_count (needs conninfo).",
-        "cloudbm_repository_bytes": "Bytes stored in the repository.",
-        "cloudbm_up": "1 if the repository could be read.",
-    }
-    now = utc_now()
-    for settings in servers:
-        label = f'server="{settings.server}"'
-        try:
-            repo = settings.open_repository()
-            try:
-                entries = load_catalogue(repo)
-                total = 0
-                newest_wal = None
-                for info in repo.storage.list(""):
-                    total += info.size
-                    if info.key.startswith(WAL_PREFIX) and info.modified is not None:
-                        name = info.key.rsplit("/", 1)[-1]
-                        if walnames.is_wal_name(name) and (
-                            newest_wal is None or info.modified > newest_wal
-                        ):
-                            newest_wal = info.modified
-            finally:
-                repo.storage.close()
-        except CloudbmError:
-            rows["cloudbm_up"].append(f"cloudbm_up{{{label}}} 0")
-            continue
-        rows["cloudbm_up"].append(f"cloudbm_up{{{label}}} 1")
-        rows["cloudbm_repository_bytes"].append(f"cloudbm_repository_bytes{{{label}}} {total}")
-        for status in sorted({e.status for e in entries}):
-            count = sum(1 for e in entries if e.status == status)
-            rows["cloudbm_backups"].append(f'cloudbm_backups{{{label},status="{status}"}} {count}')
-        done = [e for e in entries if e.status == DONE and e.manifest]
-        if done and done[-1].manifest:
-            m = done[-1].manifest
-            age = (now - parse_iso(m.end_time)).total_seconds()
-            rows["cloudbm_last_backup_age_seconds"].append(
-                f"cloudbm_last_backup_age_seconds{{{label}}} {age:.0f}"
-            )
-            rows["cloudbm_last_backup_size_bytes"].append(
-                f"cloudbm_last_backup_size_bytes{{{label}}} {m.size}"
-            )
-            rows["cloudbm_last_backup_stored_bytes"].append(
-                f"cloudbm_last_backup_stored_bytes{{{label}}} {m.stored_size}"
-            )
-        if newest_wal is not None:
-            rows["cloudbm_last_archived_wal_age_seconds"].append(
-                f"cloudbm_last_archived_wal_age_seconds{{{label}}} "
-                f"{(now - newest_wal).total_seconds():.0f}"
-            )
-        if settings.conninfo:
-            try:
-                from cloudbm.pg.session import BackupSession
-
-                session = BackupSession(settings.conninfo)
-                try:
-                    ((failed,),) = session.execute("SELECT failed_count FROM pg_stat_archiver")
-                finally:
-                    session.close()
-                rows["cloudbm_archive_failures_total"].append(
-                    f"cloudbm_archive_failures_total{{{label}}} {int(failed)}"
-                )
-            except CloudbmError:
-                pass
-    out: list[str] = []
-    for name, samples in rows.items():
-        if not samples:
-            continue
-        kind = "counter" if name.endswith("_total") else "gauge"
-        out += [f"# HELP {name} {helps[name]}", f"# TYPE {name} {kind}", *samples]
-    return "\n".join(out) + "\n"

@@ -7,7 +7,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cloudbm.catalog import BackupEntry, Manifest, entry_status, pid_alive
+from cloudbm.catalog import BackupEntry, Manifest, entry_status, iso, pid_alive, utc_now
 from cloudbm.errors import ObjectNotFoundError
 from cloudbm.repository import layout
 from cloudbm.repository.objects import Repository, read_whole
@@ -98,3 +98,11 @@ def wal_sizes_by_segment(repo: Repository) -> list[tuple[str, int]]:
             out.append((name, info.size))
     out.sort()
     return out
+
+
+def write_keep_mark(repo: Repository, backup_id: str, target: str) -> None:
+    """A new keep event (written once; the newest by name is in force)."""
+    now = utc_now()
+    doc = {"target": target, "since": iso(now)}
+    key = layout.keep_key(backup_id, now)
+    repo.storage.put(key, (json.dumps(doc) + "\n").encode(), if_absent=True)

@@ -489,7 +489,7 @@ def test_a_promoted_standby_archives_its_new_timeline_and_the_archive_verifies()
     """PostgreSQL starts the new timeline's first segment with the parent's pages (their
     headers carry the parent's timeline): wal-push must accept it, and the .partial of the old
     timeline, and wal-verify must find the archive sound."""
-    from cloudbm.commands.verify import wal_verify
+    from cloudbm.commands.wal_verify import wal_verify
     from cloudbm.config import load_settings
     from cloudbm.pg.walfile import read_segment_header
 

@@ -9,7 +9,6 @@ never rewritten, so repositories on Object Lock / versioned buckets work.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +17,6 @@ from typing import Any
 from cloudbm.catalog import (
     DONE,
     BackupEntry,
-    iso,
     resolve,
     utc_now,
 )
@@ -34,7 +32,7 @@ from cloudbm.errors import (
 from cloudbm.logs import log
 from cloudbm.pg import timeline, walnames
 from cloudbm.repository import Repository
-from cloudbm.repository.catalogue import load_catalogue
+from cloudbm.repository.catalogue import load_catalogue, write_keep_mark
 from cloudbm.repository.layout import WAL_PREFIX, backup_prefix, manifest_key, wal_key
 from cloudbm.retention import Plan, parse_policy, plan
 
@@ -225,11 +223,3 @@ def keep(settings: Settings, wanted: str, *, target: str | None, release: bool) 
         return entry.backup_id
     finally:
         repo.storage.close()
-
-
-def write_keep_mark(repo: Repository, backup_id: str, target: str) -> None:
-    """A new keep event (written once; the newest by name is in force)."""
-    now = utc_now()
-    key = f"{backup_prefix(backup_id)}keep/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
-    doc = {"target": target, "since": iso(now)}
-    repo.storage.put(key, (json.dumps(doc) + "\n").encode(), if_absent=True)
