@@ -10,7 +10,8 @@ from typing import Any
 from cloudbm.catalog import BackupEntry, resolve
 from cloudbm.config import Settings
 from cloudbm.progress import human_bytes
-from cloudbm.repository.catalogue import load_catalogue, wal_sizes_by_segment
+from cloudbm.repository import wal as wal_archive
+from cloudbm.repository.catalogue import load_catalogue
 
 
 def _wal_since(entry: BackupEntry, wal: list[tuple[str, int]], names: list[str]) -> int | None:
@@ -27,7 +28,7 @@ def list_backups(settings: Settings) -> list[dict[str, Any]]:
     repo = settings.open_repository()
     try:
         entries = load_catalogue(repo)
-        wal = wal_sizes_by_segment(repo) if any(e.manifest for e in entries) else []
+        wal = wal_archive.segment_sizes(repo) if any(e.manifest for e in entries) else []
     finally:
         repo.storage.close()
     names = [n for n, _ in wal]

@@ -89,17 +89,6 @@ def _as_dict(raw: bytes | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def wal_sizes_by_segment(repo: Repository) -> list[tuple[str, int]]:
-    """(segment name, stored size) of every archived WAL segment, sorted by name."""
-    out: list[tuple[str, int]] = []
-    for info in repo.storage.list(layout.WAL_PREFIX):
-        name = layout.wal_leaf(info.key)
-        if len(name) == 24:
-            out.append((name, info.size))
-    out.sort()
-    return out
-
-
 def write_keep_mark(repo: Repository, backup_id: str, target: str) -> None:
     """A new keep event (written once; the newest by name is in force)."""
     now = utc_now()
