@@ -615,14 +615,19 @@ def _prefetch_ahead(settings: Settings, options: RecoverOptions, first: str, des
     run, so that its first calls are answered by a warm worker. Only when that command is
     cloudbm's own and will run as this user (PostgreSQL runs as the data directory's owner,
     never as root); the worker exits after PREFETCH_WAIT_FIRST seconds if nobody asks."""
-    from cloudbm.commands.wal_fetch import start_prefetch_ahead
     from cloudbm.errors import CloudbmError
+    from cloudbm.localstate.workers import start_prefetch_ahead
 
     uid = os.geteuid()
     if options.restore_command or uid == 0 or dest.stat().st_uid != uid:
         return False
+    if settings.wal_prefetch <= 0:
+        return False
     try:
-        return start_prefetch_ahead(settings, first, list(options.global_args), PREFETCH_WAIT_FIRST)
+        start_prefetch_ahead(
+            settings.spool_dir(), first, list(options.global_args), PREFETCH_WAIT_FIRST
+        )
+        return True
     except (CloudbmError, OSError) as exc:
         log.warning("could not start fetching WAL ahead of recovery: %s", exc)
         return False

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError, ConfigError, NotFoundError, StorageError
-from cloudbm.fsutil import touch_private, write_durably
+from cloudbm.fsutil import write_durably
 from cloudbm.localstate import asked_ns, call_started, lock_is_held, take_lock, worker_note
 from cloudbm.localstate.spool import Spool, recovery_session, spool_root
 from cloudbm.localstate.wait import BoundedWait
-from cloudbm.localstate.workers import spawn_worker
+from cloudbm.localstate.workers import spawn_prefetch_worker
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 
@@ -265,14 +265,7 @@ def _ensure_worker(spool: Spool, global_args: list[str]) -> subprocess.Popen[byt
     if lock_is_held(spool.lock):
         return None
     spool.clear()
-    return _spawn(spool, global_args, ["wal-prefetch"])
-
-
-def _spawn(spool: Spool, global_args: list[str], command: list[str]) -> subprocess.Popen[bytes]:
-    """Start the worker; until it holds its lock, `prefetch.starting` tells the fast path of
-    the next call to wait for it rather than start the full command (cloudbm.fastpath)."""
-    touch_private(spool.starting)
-    return spawn_worker(spool.root, global_args, command)
+    return spawn_prefetch_worker(spool.root, global_args)
 
 
 def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
@@ -469,18 +462,3 @@ class _Prefetcher:
             log.warning("prefetch worker: errors it survived: %s", counts)
 
 
-def start_prefetch_ahead(
-    settings: Settings, first: str, global_args: list[str], wait_first: float
-) -> bool:
-    """Start the prefetch worker for a recovery that has not begun yet, already fetching
-    `first` and the segments after it, so PostgreSQL's first requests find a warm worker (and
-    its first segments spooled) instead of paying for a process start and an SDK import.
-    A worker that already runs for this repository is asked for `first` instead."""
-    if settings.wal_prefetch <= 0:
-        return False
-    spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
-    spool.want(first, missed=True)  # a running worker may have delivered it to an earlier one
-    if not lock_is_held(spool.lock):
-        wait = ["--wait-first", f"{wait_first:g}"]
-        _spawn(spool, global_args, ["wal-prefetch", *wait])
-    return True
