@@ -1,7 +1,7 @@
 """Amazon S3 and S3-compatible (MinIO, Ceph RGW, R2, Wasabi…) backend on botocore.
 
 Only this module imports the AWS SDK; `storage.url` imports it lazily when an `s3://` URL is
-opened. The client profile is deliberately conservative (FIELD-NOTES §2 row 21): checksums only
+opened. The client profile is deliberately conservative (docs/configuration.md, S3): checksums only
 when required unless configured otherwise (boto3 >= 1.36 CRC32/aws-chunked uploads break many
 S3-compatible stores), Content-MD5 on every PUT and part (every S3 implementation verifies it),
 switchable addressing style, and an optional ListObjects V1 fallback. The SDK never retries:
@@ -335,7 +335,7 @@ class S3Storage(RetriedParts):
         self._list_v1 = options.extra.get("s3_list_version") == "1"
         # Entries per listing page (S3's MaxKeys; the server's default, 1000, when unset).
         self._page_size = int(options.extra.get("list_page_size", 0))
-        # Some providers allow fewer parts (Scaleway: 1000), FIELD-NOTES §2 row 22.
+        # Some providers allow fewer parts than S3's 10,000 (Scaleway: 1000).
         self._max_parts = int(options.extra.get("s3_max_parts", S3_MAX_PARTS))
         config = Config(
             connect_timeout=options.connect_timeout,
