@@ -1,6 +1,6 @@
-"""Typed errors. Each class owns its exit code; only cli.py turns them into a process status.
+"""Typed errors. Each class owns its exit code; only the CLI turns them into a process status.
 
-Exit codes are fixed by the design contract:
+Exit codes are stable, documented in docs/operations.md ("Troubleshooting"):
 
 0 success, 1 not found, 2 usage or configuration, 3 a check failed,
 4 storage error that survived all retries, 5 integrity failure.
