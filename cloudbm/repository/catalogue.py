@@ -1,4 +1,5 @@
-"""Reading the catalogue from a repository: one paged listing plus parallel small GETs."""
+"""The catalogue of backups in a repository: read in one paged listing plus parallel small
+GETs; keep marks written as events; a backup removed manifest first."""
 
 from __future__ import annotations
 
@@ -95,3 +96,13 @@ def write_keep_mark(repo: Repository, backup_id: str, target: str) -> None:
     doc = {"target": target, "since": iso(now)}
     key = layout.keep_key(backup_id, now)
     repo.storage.put(key, (json.dumps(doc) + "\n").encode(), if_absent=True)
+
+
+def remove_backup(repo: Repository, backup_id: str) -> None:
+    """Remove a backup: its manifest first (from then on it is no longer DONE, so a crash
+    midway leaves a visibly unfinished backup, never a DONE one with parts missing), then
+    everything else under its prefix."""
+    repo.storage.delete_many([layout.manifest_key(backup_id)])
+    repo.storage.delete_many(
+        info.key for info in repo.storage.list(layout.backup_prefix(backup_id))
+    )

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cloudbm import __version__
 from cloudbm.errors import (
@@ -42,6 +43,9 @@ from cloudbm.errors import (
 from cloudbm.logs import log
 from cloudbm.repository.layout import LEASE_NUMBER_DIGITS, lease_key, lock_prefix
 from cloudbm.storage.base import ObjectInfo, Storage
+
+if TYPE_CHECKING:
+    from cloudbm.repository.objects import Repository
 
 BACKUP_LEASE = "backup"  # one backup-push per server at a time
 LEASE_FORMAT = 1
@@ -549,6 +553,13 @@ class Lease:
         self.release()
 
 
+def backup_lease(
+    repo: Repository, *, ttl: float, server: str = "", can_delete: bool = True
+) -> Lease:
+    """The lease that lets one backup-push per server run at a time, in `repo`'s storage."""
+    return Lease(repo.storage, BACKUP_LEASE, ttl=ttl, server=server, can_delete=can_delete)
+
+
 def _age(lease: LeaseSeen, now: datetime | None) -> int:
     alive = lease.last_alive
     if now is None or alive is None:
@@ -557,12 +568,14 @@ def _age(lease: LeaseSeen, now: datetime | None) -> int:
 
 
 __all__ = [
+    "BACKUP_LEASE",
     "Lease",
     "LeaseHeldError",
     "LeaseLostError",
     "LeaseRecord",
     "LeaseSeen",
     "ProcessIdentity",
+    "backup_lease",
     "blocking_lease",
     "expired",
     "lapsed",

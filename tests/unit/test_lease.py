@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cloudbm.errors import TransientStorageError
+from cloudbm.repository import Repository, RepositoryConfig
 from cloudbm.repository.lease import (
     Lease,
     LeaseHeldError,
@@ -20,6 +21,7 @@ from cloudbm.repository.lease import (
     LeaseRecord,
     LeaseSeen,
     ProcessIdentity,
+    backup_lease,
     blocking_lease,
     expired,
     lapsed,
@@ -315,6 +317,19 @@ def test_append_only_hosts_take_and_release_without_deleting(
         "lease-0000000002.released",
     ]
     assert cleaner.remove_superseded() == 0
+
+
+def test_a_repositorys_backup_lease_is_the_backup_lock_in_its_storage(
+    root: Path, leases: list[Lease]
+) -> None:
+    repo = Repository(LocalStorage(root), RepositoryConfig(url=f"file://{root}"))
+    lease = backup_lease(repo, ttl=60, server="main", can_delete=False)
+    leases.append(lease)
+    lease.acquire()
+    record = lease.record(1)
+    assert record is not None and record.server == "main"
+    lease.release()
+    assert _names(root) == ["lease-0000000001.json", "lease-0000000001.released"]
 
 
 def test_heartbeats_run_in_the_background(root: Path, leases: list[Lease]) -> None:
