@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,7 +23,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +39,9 @@ from cloudbm.errors import (
     IntegrityError,
     NotFoundError,
 )
+from cloudbm.fsutil import fsync_dir
 from cloudbm.logs import log
-from cloudbm.pg import recovery_target, timeline, walnames
+from cloudbm.pg import recovery_target, walnames
 from cloudbm.pg.recovery_conf import (
     RecoveryConfig,
     RecoveryTarget,
@@ -50,15 +49,13 @@ from cloudbm.pg.recovery_conf import (
     write_recovery,
 )
 from cloudbm.pg.recovery_conf import settings as recovery_settings
-from cloudbm.pg.recovery_target import Reach
 from cloudbm.progress import Progress, human_bytes
-from cloudbm.repository import Repository
+from cloudbm.repository import Repository, backup_reader, walreach
 from cloudbm.repository.catalogue import load_catalogue
-from cloudbm.repository.layout import WAL_PREFIX
 from cloudbm.tarstream import FileRecord, TarExtractor, pending_path
 
 if TYPE_CHECKING:
-    from cloudbm.storage.base import ObjectInfo
+    from cloudbm.catalog import PartInfo
 
 CONTROL_FILE = "global/pg_control"  # written last: its presence makes a directory startable
 # Errors of the local filesystem (DEST full, read-only, not ours...), as opposed to the network
@@ -119,25 +116,6 @@ class RecoverResult:
     prefetching: bool = False  # a prefetch worker waits for PostgreSQL's first requests
 
 
-class HashingStream:
-    """Hashes the stored bytes of a part as they are downloaded."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self._inner.read(n)
-        self.sha.update(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 def _choose_backup(
     entries: list[BackupEntry], backup_id: str | None, target: RecoveryTarget
 ) -> BackupEntry:
@@ -182,41 +160,6 @@ def _choose_backup(
     return next(e for e in entries if e.manifest is chosen)
 
 
-def recovery_object(repo: Repository, manifest: Manifest) -> dict[str, Any]:
-    """Decode the recovery object and check that it and the summary pin each other."""
-    from cloudbm.codec.envelope import decode_bytes
-
-    with repo.storage.get(manifest.recovery_key) as reader:
-        stored = reader.read()
-    if hashlib.sha256(stored).hexdigest() != manifest.recovery_stored_sha256:
-        raise IntegrityError(
-            f"{manifest.recovery_key} does not match the manifest of backup {manifest.backup_id}",
-            hint="the repository was modified; run 'cloudbm verify'",
-        )
-    raw = decode_bytes(stored, name=manifest.recovery_key, keyring=repo.keyring())
-    try:
-        doc: dict[str, Any] = json.loads(raw)
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:  # authenticated, so written this way: say so, never crash
-        raise IntegrityError(
-            f"{manifest.recovery_key} of backup {manifest.backup_id} is not a recovery "
-            f"object: {exc}",
-            hint="restore another backup; run 'cloudbm verify'",
-        ) from None
-    if doc.get("manifest_sha256") != manifest.canonical_sha256():
-        raise IntegrityError(
-            f"the manifest of backup {manifest.backup_id} was altered after it was written",
-            hint="do not trust this backup; run 'cloudbm verify'",
-        )
-    if not str(doc.get("backup_label") or "").strip():
-        raise IntegrityError(
-            f"backup {manifest.backup_id} has no backup_label",
-            hint="restoring without it would silently corrupt the cluster",
-        )
-    return doc
-
-
 def _check_empty(path: Path, what: str, options: RecoverOptions) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path} exists and is not a directory")
@@ -246,147 +189,6 @@ def _tablespace_locations(manifest: Manifest, options: RecoverOptions) -> dict[i
     return out
 
 
-def _wal_listing(repo: Repository) -> dict[str, ObjectInfo]:
-    """The archive's WAL files by name (anything else under wal/ is not ours to judge here)."""
-    out: dict[str, ObjectInfo] = {}
-    for info in repo.storage.list(WAL_PREFIX):
-        name = info.key.rsplit("/", 1)[-1]
-        if walnames.is_wal_name(name):
-            out[name] = info
-    return out
-
-
-def _history(repo: Repository, tli: int, info: ObjectInfo) -> list[timeline.Switch]:
-    """The switch points of timeline `tli`, from the one history file recovery along it reads
-    (PostgreSQL reads the target timeline's only: it lists every ancestor)."""
-    raw, _ = repo.get_bytes(info.key)
-    try:
-        return timeline.read_history(raw, tli)
-    except timeline.HistoryError as exc:
-        raise IntegrityError(
-            f"{repo.storage.url}/{info.key} is not a valid history of timeline {tli}: {exc}",
-            hint=f"recovery along timeline {tli} needs it (PostgreSQL would refuse it too); "
-            "put a good copy in place, or choose another timeline with --target-tli",
-        ) from None
-
-
-def _target_timeline(
-    repo: Repository, manifest: Manifest, goal: str, listing: dict[str, ObjectInfo]
-) -> tuple[int, dict[int, list[timeline.Switch]]]:
-    """The timeline recovery follows and its history, checked to lead on from the backup."""
-    start = walnames.parse_lsn(manifest.start_lsn)
-    if goal == "current":
-        tli = manifest.timeline
-    elif goal == "latest":
-        # As PostgreSQL does: probe the history files after the backup's timeline, one by one.
-        tli = manifest.timeline
-        while walnames.history_name(tli + 1) in listing:
-            tli += 1
-    else:
-        tli = int(goal)
-        if tli != manifest.timeline and walnames.history_name(tli) not in listing:
-            raise NotFoundError(
-                f"timeline {tli} has no history file ({walnames.history_name(tli)}) in the archive",
-                hint="choose an archived timeline or 'latest'",
-            )
-    histories: dict[int, list[timeline.Switch]] = {}
-    info = listing.get(walnames.history_name(tli))
-    if tli > 1 and info is not None:
-        histories[tli] = _history(repo, tli, info)
-    if not timeline.reachable(manifest.timeline, start, tli, histories):
-        if goal == "latest":
-            raise CheckFailed(
-                f"the newest timeline in the archive, {tli}, branched off before backup "
-                f"{manifest.backup_id} started, so PostgreSQL could not follow it",
-                hint="pass --target-tli with the timeline to recover along (e.g. current)",
-            )
-        raise CheckFailed(
-            f"timeline {tli} does not lead on from backup {manifest.backup_id} (timeline "
-            f"{manifest.timeline} at {manifest.start_lsn}): it branched off before the backup "
-            "started",
-            hint="choose an older backup for that timeline",
-        )
-    return tli, histories
-
-
-def _reach(
-    manifest: Manifest,
-    tli: int,
-    histories: dict[int, list[timeline.Switch]],
-    listing: dict[str, ObjectInfo],
-    segments: set[str],
-) -> Reach:
-    """What recovery along `tli` can reach: up to the newest archived segment on the path."""
-    size = manifest.wal_segment_size
-    start = walnames.parse_lsn(manifest.start_lsn)
-    path, _ = timeline.needed_segments(start, None, tli, histories, size, segments)
-    present = [n for n in path if n in segments] or [manifest.stop_wal]
-    newest = present[-1]
-    uploads = [listing[n].modified if n in listing else None for n in present]
-    latest_upload = None
-    if uploads and all(u is not None for u in uploads):
-        latest_upload = max(_aware(u) for u in uploads if u is not None)
-    number = walnames.segment_number(walnames.parse(newest), size)
-    return Reach(
-        backup_id=manifest.backup_id,
-        timeline=tli,
-        earliest_lsn=walnames.parse_lsn(manifest.stop_lsn),
-        earliest_time=recovery_target.earliest_time(manifest.end),
-        latest_lsn=(number + 1) * size,
-        latest_segment=newest,
-        latest_upload=latest_upload,
-    )
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def check_wal(
-    repo: Repository, manifest: Manifest, target: RecoveryTarget
-) -> tuple[int, int, Reach]:
-    """The target must lie within what the backup and the archive can reach, and every segment
-    from the backup's start to the target must be archived (following the timeline history to
-    the target timeline). Returns (target timeline, segments checked, reach)."""
-    listing = _wal_listing(repo)
-    segments = {n for n in listing if walnames.is_segment_name(n)}
-    tli, histories = _target_timeline(repo, manifest, target.timeline, listing)
-    start = walnames.parse_lsn(manifest.start_lsn)
-    stop = walnames.parse_lsn(manifest.stop_lsn)
-    size = manifest.wal_segment_size
-    # Consistency needs start..stop: without it nothing at all is reachable.
-    consistency, gaps = timeline.needed_segments(start, stop, manifest.timeline, {}, size, segments)
-    _refuse_gaps(manifest, gaps)
-    reach = _reach(manifest, tli, histories, listing, segments)
-    problem = recovery_target.unreachable(target, reach)
-    if problem:
-        raise CheckFailed(
-            f"{problem}; {reach.explain()}",
-            hint="nothing was written; choose a target in that range, or another backup",
-        )
-    # Bounded by the reach: a target LSN lies before the end of the archive.
-    end_lsn: int | None = None
-    if target.immediate:
-        end_lsn = stop
-    elif target.lsn is not None:
-        end_lsn = max(recovery_target.parse_lsn(target.lsn), stop)
-    names, gaps = timeline.needed_segments(start, end_lsn, tli, histories, size, segments)
-    _refuse_gaps(manifest, gaps)
-    return tli, len(set(names) | set(consistency)), reach
-
-
-def _refuse_gaps(manifest: Manifest, gaps: list[timeline.WalGap]) -> None:
-    if gaps:
-        listed = "; ".join(str(g) for g in gaps[:5])
-        more = f" and {len(gaps) - 5} more gaps" if len(gaps) > 5 else ""
-        raise NotFoundError(
-            f"the archive lacks WAL that recovery from backup {manifest.backup_id} needs: "
-            f"{listed}{more}",
-            hint="nothing was written; restore the missing segments or choose another backup "
-            "or target",
-        )
-
-
 def _default_restore_command(settings: Settings, options: RecoverOptions) -> str:
     exe = Path(sys.executable).parent / "cloudbm"
     program = str(exe) if exe.exists() else f"{sys.executable} -m cloudbm"
@@ -413,11 +215,8 @@ def recover(settings: Settings, options: RecoverOptions) -> RecoverResult:
     restore_command = options.restore_command or _default_restore_command(settings, options)
     config = RecoveryConfig(restore_command, target, options.standby, options.archive_mode_off)
     recovery_settings(config)  # every value PostgreSQL will read, checked before any I/O
-    repo = settings.open_repository()
-    try:
+    with settings.open_repository() as repo:
         return _recover(settings, repo, options, config)
-    finally:
-        repo.storage.close()
 
 
 @contextmanager
@@ -449,7 +248,7 @@ def _recover(
     entry = _choose_backup(load_catalogue(repo), options.backup_id, config.target)
     manifest = entry.manifest
     assert manifest is not None
-    recovery = recovery_object(repo, manifest)
+    recovery = backup_reader.recovery_object(repo, manifest)
     dest = options.dest.absolute()
     locations = _tablespace_locations(manifest, options)
     roots = [dest, *locations.values()]
@@ -457,7 +256,7 @@ def _recover(
         _check_empty(dest, "destination", options)
         for oid, location in locations.items():
             _check_empty(location, f"tablespace {oid} directory", options)
-    target_tli, wal_checked, reach = check_wal(repo, manifest, config.target)
+    target_tli, wal_checked, reach = walreach.check_wal(repo, manifest, config.target)
     log.info(
         "recovering backup %s (%s) into %s; WAL %s onward is in the archive",
         manifest.backup_id,
@@ -466,7 +265,7 @@ def _recover(
         manifest.start_wal,
     )
     log.debug("%s", reach.explain())
-    records, by_part = all_records(repo, manifest)
+    records, by_part = backup_reader.all_records(repo, manifest)
     if records.get(CONTROL_FILE) is None or records[CONTROL_FILE].kind != "file":
         raise IntegrityError(
             f"backup {manifest.backup_id} has no {CONTROL_FILE}",
@@ -591,7 +390,7 @@ def _withdraw_control(dest: Path, kept: set[str]) -> None:
     else:
         control.unlink(missing_ok=True)
     if control.parent.is_dir():
-        _fsync_dir(control.parent)
+        fsync_dir(control.parent)
 
 
 def _install_control(dest: Path, backup_id: str) -> None:
@@ -604,7 +403,7 @@ def _install_control(dest: Path, backup_id: str) -> None:
             hint="run the same recover with --delta",
         )
     os.replace(pending, control)
-    _fsync_dir(control.parent)
+    fsync_dir(control.parent)
 
 
 PREFETCH_WAIT_FIRST = 120.0  # how long the worker recover starts waits for PostgreSQL
@@ -631,43 +430,6 @@ def _prefetch_ahead(settings: Settings, options: RecoverOptions, first: str, des
     except (CloudbmError, OSError) as exc:
         log.warning("could not start fetching WAL ahead of recovery: %s", exc)
         return False
-
-
-def all_records(
-    repo: Repository, manifest: Manifest
-) -> tuple[dict[str, FileRecord], dict[str, list[str]]]:
-    """Every record of the backup (each list checked against the manifest's digest), and the
-    archive paths each part holds."""
-
-    def load(part: Any) -> list[FileRecord]:
-        with repo.storage.get(part.files_key) as reader:
-            stored = reader.read()
-        if hashlib.sha256(stored).hexdigest() != part.files_stored_sha256:
-            raise IntegrityError(
-                f"{repo.storage.url}/{part.files_key} does not match backup "
-                f"{manifest.backup_id}'s manifest",
-                hint="the object is corrupt or was replaced; run 'cloudbm verify'",
-            )
-        from cloudbm.codec.envelope import decode_bytes
-
-        raw = decode_bytes(stored, name=part.files_key, keyring=repo.keyring())
-        try:
-            return [FileRecord(**json.loads(line)) for line in raw.decode().splitlines()]
-        except (ValueError, TypeError) as exc:  # authenticated: written this way
-            raise IntegrityError(
-                f"{repo.storage.url}/{part.files_key} is not a file list: {exc}",
-                hint="restore another backup; run 'cloudbm verify'",
-            ) from None
-
-    records: dict[str, FileRecord] = {}
-    by_part: dict[str, list[str]] = {}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for part, recs in zip(manifest.parts, pool.map(load, manifest.parts), strict=True):
-            by_part[part.key] = [r.path for r in recs if not r.missing]
-            for r in recs:
-                if not r.missing:
-                    records[r.path] = r
-    return records, by_part
 
 
 def _delta_scan(
@@ -728,16 +490,8 @@ def _extract_parts(
     jobs: int,
 ) -> tuple[int, int]:
     """Download and extract parts in parallel; returns (files written, bytes written)."""
-    from cloudbm.codec.envelope import DecodingReader
 
-    def one(part: Any) -> tuple[int, int]:
-        reader = repo.storage.get(part.key)
-        hashing = HashingStream(reader)
-        # Every file is checked against the manifest's SHA-256 as it is written, and the
-        # stored bytes against the part's: a third hash over the whole tar would add nothing.
-        stream = DecodingReader(
-            hashing, name=part.key, keyring=repo.keyring(), hash_plaintext=False
-        )
+    def one(part: PartInfo) -> tuple[int, int]:
         extractor = TarExtractor(
             dest,
             expected=records,
@@ -746,28 +500,19 @@ def _extract_parts(
             on_progress=progress.add,
             deferred=(CONTROL_FILE,),
         )
-        try:
+        with backup_reader.open_part(repo, manifest, part) as stream:
             try:
-                written = extractor.extract(stream)  # type: ignore[arg-type]
+                written = extractor.extract(stream.tar)
             except IntegrityError as exc:
                 raise IntegrityError(
-                    f"backup {manifest.backup_id}, object {repo.storage.url}/{part.key}: {exc}",
+                    f"backup {manifest.backup_id}, object {repo.where(part.key)}: {exc}",
                     hint="the backup is damaged; restore another backup",
                 ) from exc
-            while hashing.read(1 << 20):
-                pass
-        finally:
-            stream.close()
-        if hashing.sha.hexdigest() != part.stored_sha256:
-            raise IntegrityError(
-                f"{repo.storage.url}/{part.key} does not match backup {manifest.backup_id}'s "
-                "manifest",
-                hint="the object is corrupt or was replaced; restore another backup",
-            )
+            stream.finish()
         files = [r for r in written if r.kind == "file" and r.path not in kept]
         return len(files), sum(r.size for r in files)
 
-    def fully_kept(part: Any) -> bool:
+    def fully_kept(part: PartInfo) -> bool:
         """Delta restore: a part whose files are all in place need not be downloaded."""
         return all(
             (p in kept) if records[p].kind == "file" else path_of(p).is_dir()
@@ -784,14 +529,6 @@ def _fsync_tree(dest: Path, locations: dict[int, Path]) -> None:
     """fsync every directory of the restored tree (files were fsynced as written)."""
     for root in [dest, *locations.values()]:
         for dirpath, _dirnames, _files in os.walk(root):
-            _fsync_dir(Path(dirpath))
+            fsync_dir(Path(dirpath))
     for parent in {dest.parent, *(p.parent for p in locations.values())}:
-        _fsync_dir(parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(parent)
