@@ -6,23 +6,18 @@ is exit 3.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cloudbm import __version__
 from cloudbm.catalog import DONE, BackupEntry, parse_iso, utc_now
 from cloudbm.config import Settings
 from cloudbm.durations import parse_age
-from cloudbm.errors import CloudbmError, NotFoundError, ObjectNotFoundError
+from cloudbm.errors import CloudbmError
 from cloudbm.pg import walnames
-from cloudbm.repository import Repository
+from cloudbm.repository import Repository, wal
 from cloudbm.repository.catalogue import load_catalogue
-from cloudbm.repository.layout import wal_key
-
-PROBE_PREFIX = "check/probe-"
+from cloudbm.repository.probe import write_probe
 
 
 @dataclass
@@ -51,12 +46,10 @@ def run_checks(settings: Settings) -> list[CheckResult]:
         repo = settings.open_repository()
     except CloudbmError as exc:
         return [*results, CheckResult("repository reachable", False, str(exc))]
-    try:
+    with repo:
         results += _repository_checks(settings, repo)
         if settings.conninfo:
             results += _postgres_checks(settings, repo)
-    finally:
-        repo.storage.close()
     return results
 
 
@@ -70,18 +63,7 @@ def _repository_checks(settings: Settings, repo: Repository) -> list[CheckResult
     out.append(_run("repository reachable and initialised", reachable))
 
     def writable() -> str:
-        # A new name each time, written once: works with write-once buckets and with
-        # credentials that may create but not overwrite or delete.
-        import socket
-
-        key = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-        payload = f"{__version__} {time.time()}".encode()
-        repo.storage.put(key, payload, if_absent=True)
-        with repo.storage.get(key) as reader:
-            if reader.read() != payload:
-                raise NotFoundError("the probe object read back differently")
-        if not settings.append_only:
-            repo.storage.delete_many([key])
+        key = write_probe(repo, remove=not settings.append_only)
         return f"wrote and read back {key}"
 
     out.append(_run("repository writable", writable))
@@ -92,7 +74,7 @@ def _repository_checks(settings: Settings, repo: Repository) -> list[CheckResult
     done = [e for e in entries if e.status == DONE and e.manifest]
     out.append(_run("last backup age", lambda: _last_backup(settings, done)))
     out.append(_run("minimum redundancy", lambda: _redundancy(settings, done)))
-    out.append(_run("WAL continuity", lambda: _continuity(settings)))
+    out.append(_run("WAL continuity", lambda: _continuity(settings, repo)))
     return out
 
 
@@ -126,12 +108,11 @@ def _redundancy(settings: Settings, done: list[BackupEntry]) -> str:
     return f"{len(done)} DONE backup(s), minimum {settings.minimum_redundancy}"
 
 
-def _continuity(settings: Settings) -> str:
+def _continuity(settings: Settings, repo: Repository) -> str:
     from cloudbm.errors import CheckFailed
     from cloudbm.repository.walcheck import wal_report
 
-    with settings.open_repository() as repo:
-        report = wal_report(repo, jobs=settings.jobs)
+    report = wal_report(repo, jobs=settings.jobs)
     if not report["ok"]:
         raise CheckFailed("; ".join(report["problems"]))
     segments = sum(int(t["segments"]) for t in report["timelines"].values())
@@ -182,12 +163,8 @@ def _postgres_checks(settings: Settings, repo: Repository) -> list[CheckResult]:
             last = stats.last_archived_wal
             in_repository = None
             if last and walnames.is_wal_name(last):
-                try:
-                    repo.storage.head(wal_key(walnames.parse(last)))
-                    in_repository = True
-                except ObjectNotFoundError:
-                    in_repository = False
-            problem = check_verdict(stats, in_repository, repo.storage.url)
+                in_repository = wal.is_archived(repo, last)
+            problem = check_verdict(stats, in_repository, repo.url)
             if problem:
                 raise CheckFailed(
                     problem,

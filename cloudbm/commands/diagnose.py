@@ -59,19 +59,16 @@ def diagnose(servers: list[Settings]) -> dict[str, Any]:
     for settings in servers:
         entry: dict[str, Any] = {"configuration": _masked(settings)}
         try:
-            repo = settings.open_repository()
-            try:
+            with settings.open_repository() as repo:
                 desc = repo.read_descriptor()
                 entry["repository"] = desc.as_dict()
                 entries = load_catalogue(repo)
-                done = [e for e in entries if e.status == DONE]
-                entry["backups"] = {
-                    s: sum(1 for e in entries if e.status == s)
-                    for s in sorted({e.status for e in entries})
-                }
-                entry["last_backup"] = done[-1].backup_id if done else None
-            finally:
-                repo.storage.close()
+            done = [e for e in entries if e.status == DONE]
+            entry["backups"] = {
+                s: sum(1 for e in entries if e.status == s)
+                for s in sorted({e.status for e in entries})
+            }
+            entry["last_backup"] = done[-1].backup_id if done else None
         except CloudbmError as exc:
             entry["error"] = str(exc)
         if settings.conninfo:

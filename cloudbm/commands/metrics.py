@@ -5,9 +5,8 @@ from __future__ import annotations
 from cloudbm.catalog import DONE, parse_iso, utc_now
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError
-from cloudbm.pg import walnames
 from cloudbm.repository.catalogue import load_catalogue
-from cloudbm.repository.layout import WAL_PREFIX
+from cloudbm.repository.usage import usage
 
 
 def metrics(servers: list[Settings]) -> str:
@@ -36,26 +35,16 @@ def metrics(servers: list[Settings]) -> str:
     for settings in servers:
         label = f'server="{settings.server}"'
         try:
-            repo = settings.open_repository()
-            try:
+            with settings.open_repository() as repo:
                 entries = load_catalogue(repo)
-                total = 0
-                newest_wal = None
-                for info in repo.storage.list(""):
-                    total += info.size
-                    if info.key.startswith(WAL_PREFIX) and info.modified is not None:
-                        name = info.key.rsplit("/", 1)[-1]
-                        if walnames.is_wal_name(name) and (
-                            newest_wal is None or info.modified > newest_wal
-                        ):
-                            newest_wal = info.modified
-            finally:
-                repo.storage.close()
+                stored = usage(repo)
         except CloudbmError:
             rows["cloudbm_up"].append(f"cloudbm_up{{{label}}} 0")
             continue
         rows["cloudbm_up"].append(f"cloudbm_up{{{label}}} 1")
-        rows["cloudbm_repository_bytes"].append(f"cloudbm_repository_bytes{{{label}}} {total}")
+        rows["cloudbm_repository_bytes"].append(
+            f"cloudbm_repository_bytes{{{label}}} {stored.stored_bytes}"
+        )
         for status in sorted({e.status for e in entries}):
             count = sum(1 for e in entries if e.status == status)
             rows["cloudbm_backups"].append(f'cloudbm_backups{{{label},status="{status}"}} {count}')
@@ -72,10 +61,10 @@ def metrics(servers: list[Settings]) -> str:
             rows["cloudbm_last_backup_stored_bytes"].append(
                 f"cloudbm_last_backup_stored_bytes{{{label}}} {m.stored_size}"
             )
-        if newest_wal is not None:
+        if stored.newest_wal is not None:
             rows["cloudbm_last_archived_wal_age_seconds"].append(
                 f"cloudbm_last_archived_wal_age_seconds{{{label}}} "
-                f"{(now - newest_wal).total_seconds():.0f}"
+                f"{(now - stored.newest_wal).total_seconds():.0f}"
             )
         if settings.conninfo:
             try:
