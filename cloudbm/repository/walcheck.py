@@ -14,13 +14,11 @@ from typing import Any
 from cloudbm.catalog import DONE
 from cloudbm.errors import ConfigError, IntegrityError, NotFoundError
 from cloudbm.pg import timeline, walfile, walnames
+from cloudbm.repository import wal
 from cloudbm.repository.catalogue import load_catalogue
 from cloudbm.repository.descriptor import Descriptor
-from cloudbm.repository.layout import WAL_PREFIX
 from cloudbm.repository.objects import Repository
 from cloudbm.storage.base import ObjectInfo
-
-META_SWITCHES = "cloudbm-switches"  # a history's switch points, written by wal-push
 
 
 def wal_report(repo: Repository, *, jobs: int = 1, deep: bool = False) -> dict[str, Any]:
@@ -36,11 +34,7 @@ def wal_report(repo: Repository, *, jobs: int = 1, deep: bool = False) -> dict[s
     gap. `deep` checks every segment and partial segment.
     """
     finished = [e for e in load_catalogue(repo) if e.status == DONE and e.manifest]
-    listing = {
-        info.key.rsplit("/", 1)[-1]: info
-        for info in repo.storage.list(WAL_PREFIX)
-        if walnames.is_wal_name(info.key.rsplit("/", 1)[-1])
-    }
+    listing = wal.listing(repo)
     try:
         descriptor: Descriptor | None = repo.read_descriptor()
     except NotFoundError:
@@ -163,7 +157,7 @@ class _WalChecker:
         self.unchecked: set[str] = set()  # no metadata and no key to read the object
 
     def _where(self, name: str) -> str:
-        return f"{self.repo.storage.url}/{self.listing[name].key}"
+        return self.repo.where(self.listing[name].key)
 
     def histories(self) -> tuple[dict[int, list[timeline.Switch]], list[str]]:
         """Switch points of every history object that is a history of its timeline, and a
@@ -198,9 +192,9 @@ class _WalChecker:
             raw, _ = self.repo.get_bytes(key)
         except ConfigError:  # a host with only the public key: what wal-push recorded
             meta = self.listing[name].metadata
-            if META_SWITCHES not in meta:
+            if wal.META_SWITCHES not in meta:
                 meta = self.repo.storage.head(key).metadata
-            plain = meta.get(META_SWITCHES)
+            plain = meta.get(wal.META_SWITCHES)
             return None if plain is None else timeline.parse_switches(plain, tli)
         return timeline.read_history(raw, tli)
 
