@@ -1,6 +1,7 @@
 """repository.backup_reader: a backup's objects read back, each checked against its manifest;
 a download cut short is a storage error, never a mismatch. And the small readers beside it:
-the check's write probe and the repository's usage."""
+the check's write probe, the repository's usage, and whether the archive takes a backup to a
+recovery target."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 
 from cloudbm.catalog import Manifest, PartInfo
 from cloudbm.config import Settings
-from cloudbm.errors import IntegrityError, TransientStorageError
-from cloudbm.repository import Descriptor, Repository, open_repository
+from cloudbm.errors import CheckFailed, IntegrityError, NotFoundError, TransientStorageError
+from cloudbm.pg.recovery_conf import RecoveryTarget
+from cloudbm.repository import Descriptor, Repository, open_repository, wal, walreach
 from cloudbm.repository.backup_reader import (
     BackupObjectError,
     all_records,
@@ -183,3 +185,17 @@ def test_usage_counts_every_object_and_the_newest_wal(repo: Repository) -> None:
     assert found.stored_bytes == sum(i.size for i in listed)
     wal = [i for i in listed if i.key.endswith("000000010000000000000002")]
     assert found.newest_wal == wal[0].modified
+
+
+def test_the_archive_must_hold_the_wal_from_the_backup_to_the_target(repo: Repository) -> None:
+    manifest = _manifest(repo)
+    with pytest.raises(NotFoundError, match="000000010000000000000002"):
+        walreach.check_wal(repo, manifest, RecoveryTarget())
+    for segment in ("000000010000000000000002", "000000010000000000000003"):
+        repo.put_bytes(wal.key_of(segment), b"wal")
+    tli, checked, reach = walreach.check_wal(repo, manifest, RecoveryTarget())
+    assert (tli, checked, reach.latest_segment) == (1, 2, "000000010000000000000003")
+    with pytest.raises(CheckFailed, match="0/5000000"):
+        walreach.check_wal(repo, manifest, RecoveryTarget(lsn="0/5000000"))
+    with pytest.raises(NotFoundError, match="timeline 2 has no history file"):
+        walreach.check_wal(repo, manifest, RecoveryTarget(timeline="2"))
