@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -390,6 +391,32 @@ def generate_keypair(private_path: str | Path, public_path: str | Path) -> X2551
     _write_new(private_path, private_pem, 0o600)
     _write_new(public_path, public_pem, 0o644)
     return X25519PrivateKey(_raw_private(key))
+
+
+KEY_TYPES = ("symmetric", "x25519")
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """The files `keygen` wrote: a symmetric key file, or an X25519 private key and its public
+    half."""
+
+    kind: str
+    private: str  # the key file (symmetric) or the private key (x25519)
+    public: str | None = None  # x25519: OUTPUT.pub
+
+
+def keygen(kind: str, output: str) -> KeyFiles:
+    """`cloudbm keygen`: a symmetric key file at `output`, or an X25519 key pair (the private
+    key at `output`, the public key at `output`.pub). Never overwrites (ConfigError)."""
+    if kind == "symmetric":
+        generate_keyfile(output)
+        return KeyFiles(kind, output)
+    if kind == "x25519":
+        public = output + ".pub"
+        generate_keypair(output, public)
+        return KeyFiles(kind, output, public)
+    raise ConfigError(f"key type {kind!r} is not one of {', '.join(KEY_TYPES)}")
 
 
 class Keyring:
