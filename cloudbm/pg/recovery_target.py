@@ -6,6 +6,7 @@ can refuse a target before it writes anything:
 - `normalise` checks every option the way PostgreSQL reads it, or more strictly, and returns
   the target in the form written to postgresql.auto.conf (ConfigError, exit 2, naming the value
   and the accepted form otherwise);
+- `recover_operands` and `tablespace_map` read the rest of `cloudbm recover`'s arguments;
 - `Reach` is what recovery from a chosen backup along a chosen timeline can reach, as far as
   the manifest and the archive listing (names, upload times) tell; `unreachable` says why a
   target lies outside it (recover raises CheckFailed, exit 3, with `Reach.explain`).
@@ -28,6 +29,7 @@ What can and cannot be known without reading WAL (docs/recovery.md says the same
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -233,6 +235,59 @@ def normalise(target: RecoveryTarget) -> RecoveryTarget:
     elif target.name is not None:
         out = replace(out, name=check_name(target.name))
     return out
+
+
+# --- the recover command's operands ---------------------------------------------------------
+
+# A backup id as backup-push names it: UTC start time, and a counter if that second was taken.
+_BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{6}(-[0-9]+)?", re.ASCII)
+
+
+def recover_operands(
+    operands: Sequence[str], target: RecoveryTarget, backup_aliases: Collection[str]
+) -> tuple[str | None, str]:
+    """`recover [ID] DEST`: the backup id and the destination directory, or ConfigError.
+
+    Without an id the backup is the newest DONE one that ended before the target (None), or
+    "latest" when there is no target. A lone operand that looks like a backup id or one of
+    `backup_aliases` is refused: `recover latest` forgot DEST, and must not restore into
+    ./latest."""
+    if len(operands) > 2:
+        raise ConfigError("recover takes at most a backup id and a destination")
+    if len(operands) == 2:
+        backup_id: str | None
+        backup_id, dest = operands
+    else:
+        backup_id, dest = None, operands[0]
+    if not dest.strip():
+        raise ConfigError("the destination directory is empty", hint="give DEST")
+    if backup_id is None:
+        _refuse_lone_backup_id(dest, backup_aliases)
+        if target.kind() is None:
+            backup_id = "latest"
+    return backup_id, dest
+
+
+def _refuse_lone_backup_id(dest: str, backup_aliases: Collection[str]) -> None:
+    if "/" in dest:
+        return
+    if dest.lower() in backup_aliases or _BACKUP_ID.fullmatch(dest):
+        raise ConfigError(
+            f"recover needs a destination directory; {dest!r} looks like a backup id",
+            hint=f"cloudbm recover {dest} DEST (to restore into a directory of that name, "
+            f"write ./{dest})",
+        )
+
+
+def tablespace_map(items: Iterable[str]) -> dict[str, str]:
+    """`--tablespace NAME:DIR` (repeatable) as {NAME: DIR}; ConfigError for anything else."""
+    spaces: dict[str, str] = {}
+    for item in items:
+        name, sep, directory = item.partition(":")
+        if not sep or not name or not directory:
+            raise ConfigError(f"--tablespace {item!r} is not NAME:DIR")
+        spaces[name] = directory
+    return spaces
 
 
 # --- reach ---------------------------------------------------------------------------------
