@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import cloudbm.data
-from cloudbm.cli import build_parser
+from cloudbm.cli.parser import build_parser
 
 DATA = Path(cloudbm.data.__file__).parent
 SYSTEMD = DATA / "systemd"

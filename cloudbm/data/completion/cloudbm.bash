@@ -7,11 +7,12 @@
 
 _cloudbm_commands="wal-push wal-fetch init retention delete keep verify wal-verify recover
 backup-push backup-list backup-show keygen list-servers show-config check diagnose metrics"
-_cloudbm_global_opts="-h --help --version --config --server --repo --pgdata --json -v --verbose
--q --quiet"
+# Global options, accepted before the command and after it.
+_cloudbm_common_opts="--config --server --repo --pgdata --json -v --verbose -q --quiet"
+_cloudbm_global_opts="-h --help --version $_cloudbm_common_opts"
 
-# Options of each command; keep in step with cloudbm/cli.py (tests/unit/test_packaged_files.py
-# compares them with the parser).
+# Options of each command; keep in step with cloudbm/cli/arguments.py
+# (tests/unit/test_packaged_files.py compares them with the parser).
 _cloudbm_command_opts() {
     case $1 in
         wal-push) echo "--compression" ;;
@@ -31,7 +32,7 @@ _cloudbm_command_opts() {
         check) echo "--nagios" ;;
         wal-verify) echo "--deep" ;;
     esac
-    echo "-h --help"
+    echo "-h --help $_cloudbm_common_opts"
 }
 
 # Options that take a value (the next word is not a positional argument).
@@ -106,7 +107,7 @@ _cloudbm() {
         if _cloudbm_takes_value "$word"; then
             ((i++))
             [[ ${COMP_WORDS[i]} == = ]] && ((i++))
-            case $command$word in
+            case $word in
                 --config | --server | --repo)
                     ((i < COMP_CWORD)) && _cloudbm_globals+=("$word" "${COMP_WORDS[i]}")
                     ;;
@@ -133,7 +134,7 @@ _cloudbm() {
             return
             ;;
         --server)
-            [[ -z $command ]] && _cloudbm_add "$(_cloudbm_servers)"
+            _cloudbm_add "$(_cloudbm_servers)"
             return
             ;;
         --compression)
