@@ -3,14 +3,13 @@ data directory it came from."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from cloudbm.catalog import Manifest
 from cloudbm.config import load_settings
 from cloudbm.pg import datadir
-from cloudbm.repository import Repository
+from cloudbm.repository import Repository, backup_reader
 from cloudbm.repository.layout import manifest_key
 from cloudbm.tarstream import FileRecord, TarExtractor
 
@@ -25,24 +24,26 @@ def load_manifest(repo: Repository, backup_id: str) -> Manifest:
 
 
 def file_records(repo: Repository, manifest: Manifest) -> dict[str, FileRecord]:
+    """Every record of the backup, files that vanished while it ran included (each list
+    checked against the manifest)."""
     records: dict[str, FileRecord] = {}
     for part in manifest.parts:
-        raw, _ = repo.get_bytes(part.files_key)
-        for line in raw.decode().splitlines():
-            rec = FileRecord(**json.loads(line))
+        for rec in backup_reader.file_list(repo, manifest, part):
             records[rec.path] = rec
     return records
 
 
 def decode_all_parts(repo: Repository, manifest: Manifest) -> dict[str, FileRecord]:
     """Extract every part into a scratch directory, verifying each file's size and SHA-256
-    against the manifest's records; returns the records."""
+    against the manifest's records and each part's stored bytes against the manifest's digest;
+    returns the records."""
     records = file_records(repo, manifest)
     expected = {p: r for p, r in records.items() if not r.missing}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
         for part in manifest.parts:
-            with repo.open_stream(part.key) as stream:
-                TarExtractor(Path(scratch), expected=expected, fsync=False).extract(stream)
+            with backup_reader.open_part(repo, manifest, part) as stream:
+                TarExtractor(Path(scratch), expected=expected, fsync=False).extract(stream.tar)
+                stream.finish()
     return records
 
 
