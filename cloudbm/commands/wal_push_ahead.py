@@ -12,15 +12,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from cloudbm.commands.wal_push import WalPusher, hook_env, read_file
 from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError
-from cloudbm.hooks import run_hook
+from cloudbm.hooks import ArchiveHooks
 from cloudbm.localstate import take_lock
 from cloudbm.localstate.spool import Markers, ready_files, spool_root
 from cloudbm.logs import log
 from cloudbm.pg import walnames
+from cloudbm.pg.walfile import read_wal_file
 from cloudbm.repository import sha256_hex
+from cloudbm.repository.wal import WalArchiver
 
 IDLE_EXIT_SECONDS = 2.0
 POLL_SECONDS = 0.02
@@ -34,8 +35,16 @@ def push_ahead(settings: Settings, pg_wal: Path, exclude: frozenset[str] = froze
     lock = take_lock(markers.lock)
     if lock is None:
         return 0  # another pusher runs
-    repo = settings.open_repository()
-    pusher = WalPusher(settings, repo, pg_wal)
+    with settings.open_repository() as repo:
+        archiver = WalArchiver(repo, pg_wal, settings.pgdata_path)
+        return _push_ready(settings, markers, archiver, exclude)
+
+
+def _push_ready(
+    settings: Settings, markers: Markers, archiver: WalArchiver, exclude: frozenset[str]
+) -> int:
+    """The pusher's loop, holding the lock, with one repository for every upload."""
+    pg_wal = archiver.pg_wal
     markers.collect_garbage(pg_wal)
     window = max(1, settings.wal_push_ahead)
     skip: set[str] = set(exclude)
@@ -46,31 +55,18 @@ def push_ahead(settings: Settings, pg_wal: Path, exclude: frozenset[str] = froze
     def one(file_name: str) -> None:
         path = pg_wal / file_name
         try:
-            data, st = read_file(path)
+            data, st = read_wal_file(path)
             name = walnames.parse(file_name)
-            env = hook_env(settings, file_name, path, len(data))
-            run_hook(settings.pre_archive_script, "pre", env, fatal=True)
-            sha = sha256_hex(data)
-            try:
-                pusher.push(name, data, sha)
-            except CloudbmError as exc:
-                run_hook(
-                    settings.post_archive_script,
-                    "post",
-                    {**env, "CLOUDBM_ERROR": str(exc)},
-                    fatal=False,
-                )
-                raise
-            markers.record(file_name, sha, st)
-            run_hook(
-                settings.post_archive_script, "post", {**env, "CLOUDBM_ERROR": ""}, fatal=False
-            )
+            with ArchiveHooks(settings, file_name, path, len(data)).around():
+                sha = sha256_hex(data)
+                archiver.push(name, data, sha)
+                markers.record(file_name, sha, st)
         except CloudbmError as exc:
             log.warning("%s left for PostgreSQL's own call: %s", file_name, exc)
             markers.record_failure(file_name)
 
     try:
-        pusher.descriptor()  # once, before threads race to create it
+        archiver.descriptor()  # once, before threads race to create it
         with ThreadPoolExecutor(max_workers=min(window, max(2, settings.jobs) + 2)) as pool:
             while True:
                 if len(inflight) < window:
@@ -94,5 +90,3 @@ def push_ahead(settings: Settings, pg_wal: Path, exclude: frozenset[str] = froze
     except CloudbmError as exc:
         log.warning("background pusher stopped: %s", exc)
         return pushed
-    finally:
-        repo.storage.close()

@@ -1,5 +1,6 @@
 """What a WAL file says about itself: the long page header that starts every segment, and the
-first line of a backup history file. Pure functions; errors are strings or IntegrityError.
+first line of a backup history file. Pure functions (errors are strings or IntegrityError), and
+read_wal_file, which reads one file PostgreSQL hands archive_command.
 
 The first page of segment N (of S bytes) on timeline T carries xlp_pageaddr = N * S (the
 segment's start LSN), xlp_seg_size = S and xlp_tli = T, with one exception PostgreSQL writes on
@@ -12,12 +13,13 @@ timeline-1 page.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cloudbm.errors import IntegrityError
+from cloudbm.errors import ConfigError, IntegrityError
 
 if TYPE_CHECKING:
     from cloudbm.pg.timeline import Switch
@@ -37,6 +39,25 @@ META_PAGE_TLI = "cloudbm-wal-page-tli"
 META_PAGE_ADDRESS = "cloudbm-wal-page-address"
 META_SEGMENT_SIZE = "cloudbm-wal-segment-size"
 META_SYSTEM_IDENTIFIER = "cloudbm-wal-system-identifier"
+
+
+def read_wal_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The whole file and its identity as read (what a push marker records); ConfigError when
+    it cannot be read (PostgreSQL passes %p relative to PGDATA)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+            st = os.fstat(fh.fileno())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} does not exist",
+            hint="archive_command gets %p, a path relative to the data directory",
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a WAL file") from None
+    except PermissionError:
+        raise ConfigError(f"{path} cannot be read: permission denied") from None
+    return data, st
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""What wal-push accepts: each file must be what its name says, or nothing is stored.
+"""What wal-push accepts (repository.wal.WalArchiver, used by wal-push and the background
+pusher): each file must be what its name says, or nothing is stored.
 
 A real local repository (file://) under tmp_path; segments are built byte for byte like the
 ones PostgreSQL 15 wrote on a promoted 1 MiB-segment cluster (tests/integration covers the
@@ -12,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudbm.commands.wal_push import WalPusher
 from cloudbm.config import Settings
 from cloudbm.errors import IntegrityError, ObjectNotFoundError
 from cloudbm.pg import walnames
 from cloudbm.repository import Descriptor, Repository, sha256_hex
 from cloudbm.repository.layout import wal_key
+from cloudbm.repository.wal import WalArchiver
 from cloudbm.storage.local import LocalStorage
 
 SYSID = 7301234567890123456
@@ -55,7 +56,8 @@ def pg_wal(tmp_path: Path) -> Path:
 
 
 def _push(repo: _Repo, pg_wal: Path, name: str, data: bytes) -> None:
-    WalPusher(repo.settings, repo, pg_wal).push(walnames.parse(name), data, sha256_hex(data))
+    archiver = WalArchiver(repo, pg_wal, repo.settings.pgdata_path)
+    archiver.push(walnames.parse(name), data, sha256_hex(data))
 
 
 def _stored(repo: _Repo, name: str) -> bool:
