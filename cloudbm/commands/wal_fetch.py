@@ -226,14 +226,11 @@ class _DirectFetch:
         self._thread.start()
 
     def _run(self) -> None:
-        from cloudbm.repository.layout import wal_key
-
         try:
-            repo = self._settings.open_repository()
-            try:
-                self._data, _info = repo.get_bytes(wal_key(self._name))
-            finally:
-                repo.storage.close()
+            from cloudbm.repository import wal
+
+            with self._settings.open_repository() as repo:
+                self._data = wal.read(repo, self._name.name)
         except BaseException as exc:  # handed to the caller as is
             self._error = exc
 
@@ -277,8 +274,6 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     raises: each kind of unexpected error is logged once (worker.log in the spool), and the
     call waiting for that file fetches it itself.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
     lock = take_lock(spool.lock, worker_note(os.getpid(), settings.operation_timeout))
     if lock is None:
@@ -286,26 +281,34 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     with contextlib.suppress(OSError):
         spool.starting.unlink()
     spool.clear()  # files of an earlier worker may predate a crash: they were not fsynced
-    # No single request may outlast the deadline of the whole operation either.
-    repo = _within(settings, settings.operation_timeout).open_repository()
-    worker = _Prefetcher(settings, spool, repo, wait_first)
     try:
-        # The file recovery waits for never queues behind the look-ahead: it has its own threads.
-        with (
-            ThreadPoolExecutor(max_workers=max(2, settings.jobs) + 2) as ahead,
-            ThreadPoolExecutor(max_workers=2) as wanted,
-        ):
-            while not worker.idle():
-                try:
-                    worker.step(ahead, wanted)
-                except Exception as exc:  # the worker must outlive any error
-                    worker.report(exc, "in the prefetch loop", expected=False)
-                    time.sleep(WORKER_POLL)
-        return worker.fetched
+        # No single request may outlast the deadline of the whole operation either.
+        with _within(settings, settings.operation_timeout).open_repository() as repo:
+            worker = _Prefetcher(settings, spool, repo, wait_first)
+            try:
+                _prefetch(settings, worker)
+            finally:
+                worker.summarise()
+            return worker.fetched
     finally:
-        worker.summarise()
-        repo.storage.close()
         os.close(lock)
+
+
+def _prefetch(settings: Settings, worker: _Prefetcher) -> None:
+    """Step the worker until it is idle; it outlives any error a step raises."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The file recovery waits for never queues behind the look-ahead: it has its own threads.
+    with (
+        ThreadPoolExecutor(max_workers=max(2, settings.jobs) + 2) as ahead,
+        ThreadPoolExecutor(max_workers=2) as wanted,
+    ):
+        while not worker.idle():
+            try:
+                worker.step(ahead, wanted)
+            except Exception as exc:  # the worker must outlive any error
+                worker.report(exc, "in the prefetch loop", expected=False)
+                time.sleep(WORKER_POLL)
 
 
 class _Prefetcher:
@@ -340,11 +343,11 @@ class _Prefetcher:
         """(stored?, when the request was sent as time.time_ns()): a 404 is only as fresh as
         the request that got it, and a call trusts no answer to a request older than its own."""
         from cloudbm.errors import ObjectNotFoundError
-        from cloudbm.repository.layout import wal_key
+        from cloudbm.repository import wal
 
         sent = time.time_ns()
         try:
-            data, _ = self.repo.get_bytes(wal_key(walnames.parse(n)))
+            data = wal.read(self.repo, n)
         except ObjectNotFoundError:
             return False, sent
         self.spool.store(n, data)
@@ -460,5 +463,3 @@ class _Prefetcher:
         if self.errors:
             counts = ", ".join(f"{count} x {kind}" for kind, count in sorted(self.errors.items()))
             log.warning("prefetch worker: errors it survived: %s", counts)
-
-

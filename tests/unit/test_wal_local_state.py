@@ -178,7 +178,12 @@ class _FlakyRepository:
     def __init__(self, broken: str, present: set[str]) -> None:
         self.broken = broken
         self.present = present
-        self.storage = SimpleNamespace(close=lambda: None)
+
+    def __enter__(self) -> _FlakyRepository:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
 
     def read_descriptor(self) -> Any:
         return SimpleNamespace(wal_segment_size=16 * 1024 * 1024)
