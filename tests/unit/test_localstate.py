@@ -327,6 +327,86 @@ def test_a_crash_while_writing_leaves_nothing_half_written_to_read(
         assert [p for p in root.rglob(".*") if p.is_file()] == []
 
 
+_CRASH_REWRITING_MARKER = """
+    import os, signal, sys
+    from pathlib import Path
+    from cloudbm.localstate.spool import Markers
+
+    root, wal = Path(sys.argv[1]), Path(sys.argv[2])
+    real_write = os.write
+
+    def half_then_die(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    os.write = half_then_die
+    Markers(root).record(wal.name, "cd" * 32, os.stat(wal))
+    print("not killed")
+"""
+
+
+def test_a_crash_while_rewriting_a_marker_leaves_the_old_record_whole(
+    root: Path, tmp_path: Path
+) -> None:
+    """A marker rewritten over an earlier one by a writer killed halfway through: the reader
+    gets the earlier record, byte for byte, and it still vouches for its file."""
+    wal = tmp_path / SEGMENT
+    wal.write_bytes(b"segment bytes")
+    st = os.stat(wal)
+    markers = Markers(root)
+    markers.record(SEGMENT, SHA, st)
+    old = Path(SpoolLayout(root).marker(SEGMENT)).read_bytes()
+    writer = _python(_CRASH_REWRITING_MARKER, str(root), str(wal))
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == -signal.SIGKILL, (out, err)
+    assert [p for p in root.rglob(".*") if p.is_file()], "the writer died before writing"
+    assert Path(SpoolLayout(root).marker(SEGMENT)).read_bytes() == old == marker_record(SHA, st)
+    assert markers.consume(SEGMENT, st)
+
+
+_REWRITE_LOOP = """
+    import os, sys
+    from cloudbm.localstate import SpoolLayout, ask
+    from cloudbm.fsutil import write_private
+
+    layout, records = SpoolLayout(sys.argv[1]), sys.argv[2:]
+    print("ready", flush=True)
+    for n in range(2000):
+        record = records[n % len(records)]
+        write_private(layout.marker("000000010000000000000005"), record.encode())
+        ask(layout, record[:24], missed=bool(n % 2), asked_ns=n + 1)
+"""
+
+
+def test_a_reader_in_another_process_sees_whole_records_only_while_they_are_rewritten(
+    root: Path, tmp_path: Path
+) -> None:
+    """Markers and the want file rewritten by one process, read all the while by another:
+    every read is an earlier record or the next one, whole, never a mix of both."""
+    wal = tmp_path / SEGMENT
+    wal.write_bytes(b"wal")
+    st = os.stat(wal)
+    layout = Markers(root).layout
+    records = [marker_record(c * 64, st).decode() for c in "0123456789abcdef"]
+    writer = _python(_REWRITE_LOOP, str(root), *records)
+    try:
+        assert writer.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        reads = 0
+        while writer.poll() is None:
+            text = localstate.read_marker(layout.marker(SEGMENT))
+            if text is not None:
+                assert text in records and marker_matches(text, st), repr(text)
+                reads += 1
+            name, asked, missed = read_want(layout)
+            if name is not None:
+                assert name == records[(asked - 1) % len(records)][:24], (name, asked)
+                assert missed == bool((asked - 1) % 2)
+    finally:
+        _out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    assert reads > 0
+
+
 # --- the want file and miss records ----------------------------------------------------------
 
 
@@ -460,6 +540,38 @@ def test_a_lock_whose_holder_died_is_free_at_once(root: Path) -> None:
         assert (Path(lock).read_text(), worker_timeout(lock), _mode(lock)) == ("1 5\n", 5.0, 0o600)
     finally:
         os.close(fd)
+
+
+_PROBE = """
+    import sys
+    from cloudbm.localstate import lock_is_held, take_lock
+
+    held = lock_is_held(sys.argv[1])
+    fd = take_lock(sys.argv[1], "probe\\n")
+    print("held" if held else "free", "won" if fd is not None else "lost", flush=True)
+"""
+
+
+def test_another_process_sees_a_lock_this_process_holds_and_takes_it_once_released(
+    root: Path,
+) -> None:
+    """The fast path and the commands probe a worker's lock from other processes: the probe
+    tells a held lock from a free one and never takes it from its holder."""
+    lock = SpoolLayout(root).push_lock
+    fd = take_lock(lock, "7 60\n")
+    assert fd is not None
+    try:
+        probe = _python(_PROBE, lock)
+        out, err = probe.communicate(timeout=60)
+        assert (probe.returncode, out.split()) == (0, ["held", "lost"]), err
+        assert lock_is_held(lock)
+        assert Path(lock).read_text() == "7 60\n", "the loser wrote into the holder's lock"
+    finally:
+        os.close(fd)
+    probe = _python(_PROBE, lock)
+    out, err = probe.communicate(timeout=60)
+    assert (probe.returncode, out.split()) == (0, ["free", "won"]), err
+    assert not lock_is_held(lock), "the probe's lock outlived it"
 
 
 def test_probing_a_lock_that_was_never_taken_creates_nothing(root: Path) -> None:
