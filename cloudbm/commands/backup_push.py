@@ -8,21 +8,22 @@ Parts are tar streams built on demand from the data directory, piped through com
 encryption straight into storage; `jobs` parts are in flight at once, and global/pg_control is
 read only after every other part is stored.
 
+The objects themselves are written by the repository layer (repository/backup_writer.py);
+this module orchestrates: the PostgreSQL session, planning the parts, progress, hooks, the
+lease and the wait for WAL.
+
 One backup per server at a time, across hosts, OS users and spool directories: once the checks
 pass, and before a backup id is claimed, the run takes the repository's backup lease
-(cloudbm/lease.py); it holds it to the end, and stops if another run takes it over
+(repository/lease.py); it holds it to the end, and stops if another run takes it over
 (docs/backup.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,7 @@ from cloudbm.catalog import (
     utc_now,
 )
 from cloudbm.config import Settings
-from cloudbm.errors import (
-    CheckFailed,
-    CloudbmError,
-    NotFoundError,
-    ObjectExistsError,
-    StorageError,
-)
+from cloudbm.errors import CheckFailed, CloudbmError, NotFoundError, StorageError
 from cloudbm.hooks import run_hook
 from cloudbm.logs import log
 from cloudbm.pg import datadir, walnames
@@ -52,10 +47,11 @@ from cloudbm.pg.archiver import ArchiverStats, archiver_runs_here, wait_verdict
 from cloudbm.pg.session import BackupSession, ServerInfo, parse_backup_label
 from cloudbm.progress import Progress, RateLimiter, human_bytes
 from cloudbm.repository import Repository
-from cloudbm.repository.catalogue import load_catalogue
-from cloudbm.repository.layout import backup_prefix, manifest_key, part_key, wal_key
-from cloudbm.repository.lease import BACKUP_LEASE, Lease, LeaseHeldError
-from cloudbm.storage.retry import RetryPolicy
+from cloudbm.repository import wal as wal_archive
+from cloudbm.repository.backup_writer import BackupWriter
+from cloudbm.repository.catalogue import load_catalogue, write_keep_mark
+from cloudbm.repository.layout import backup_prefix
+from cloudbm.repository.lease import Lease, LeaseHeldError, backup_lease
 from cloudbm.tarstream import TarPartReader, plan_parts
 
 CONTROL_FILE = "global/pg_control"
@@ -89,44 +85,6 @@ class BackupOptions:
     bandwidth_limit: int | None = None
     keep: str | None = None
     progress: bool = True
-
-
-class _HashingReader:
-    """Counts and hashes the stored bytes as storage reads them; applies the rate limit."""
-
-    def __init__(self, inner: Any, limiter: Callable[[int], None]) -> None:
-        self._inner = inner
-        self._limiter = limiter
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self._inner.read(n)
-        if data:
-            self._limiter(len(data))
-            self.sha.update(data)
-            self.size += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-
-class _ProgressReader:
-    """Reports plaintext tar bytes to the progress display."""
-
-    def __init__(self, inner: TarPartReader, progress: Progress) -> None:
-        self._inner = inner
-        self._progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        # read1: up to n bytes without joining chunks (read(n) copies to return exactly n).
-        data = self._inner.read1(n)
-        self._progress.add(len(data))
-        return data
-
-    def readable(self) -> bool:
-        return True
 
 
 class ArchiverWatch:
@@ -167,57 +125,27 @@ class BackupRun:
         self.repo = repo
         self.options = options
         self.lease = lease
-        self.backup_id = ""
+        self.writer = BackupWriter(repo, threads=settings.jobs)
         self.limiter = RateLimiter(
             options.bandwidth_limit if options.bandwidth_limit else settings.bandwidth_limit
         )
+
+    @property
+    def backup_id(self) -> str:
+        """The id this run claimed ("" before started.json is written)."""
+        return self.writer.backup_id
 
     # -- parts ---------------------------------------------------------------------------------
 
     def upload_part(self, number: int, files: list[datadir.Entry], progress: Progress) -> PartInfo:
         """Stream one tar part into storage; retried from the files on transient failure."""
-        from cloudbm.codec.envelope import EncodingReader
-
-        key = part_key(self.backup_id, number)
         planned = sum(f.size for f in files) + 1024 * (len(files) + 2)
-        params = self.repo.encode_params()
-        jobs = max(1, self.settings.jobs)
-        if jobs > 1:
-            params = replace(params, threads=jobs)
-        policy = RetryPolicy.from_options(self.settings.storage_options())
-        budget = policy.budget(f"put {key}")
-        while True:
-            tar = TarPartReader(files)
-            encoded = EncodingReader(
-                _ProgressReader(tar, progress), name=key, params=params, hash_plaintext=False
-            )
-            stored = _HashingReader(encoded, self.limiter)
-            try:
-                self.repo.storage.put(
-                    key,
-                    stored,  # type: ignore[arg-type]
-                    size_hint=planned + planned // 16 + (1 << 20),
-                )
-                break
-            except StorageError as exc:
-                if stored.size:  # it was moving: the deadline runs from now, as for a read
-                    budget.started = policy.clock()
-                budget.failed(exc)  # raises when permanent or out of time/attempts
-                log.warning("part %d failed (%s); retrying from the files", number, exc)
-        lines = b"".join(
-            json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in tar.records
-        )
-        files_key = key + ".files"
-        files_blob = self.repo.put_bytes(files_key, lines, params=params)
-        return PartInfo(
-            key=key,
-            files_key=files_key,
-            tar_size=tar.bytes_read,
-            stored_size=stored.size,
-            stored_sha256=stored.sha.hexdigest(),
-            files_stored_size=files_blob.size,
-            files_stored_sha256=files_blob.sha256,
-            file_count=sum(1 for r in tar.records if r.kind == "file" and not r.missing),
+        return self.writer.write_part(
+            number,
+            lambda: TarPartReader(files),
+            size_hint=planned + planned // 16 + (1 << 20),
+            on_plaintext=progress.add,
+            on_stored=self.limiter,
         )
 
     def copy_files(
@@ -324,7 +252,7 @@ class BackupRun:
                     missing=missing[0],
                     missing_confirmed=failure is None,
                     segment_size=segment_size,
-                    repository=self.repo.storage.url,
+                    repository=self.repo.url,
                 )
             now = time.monotonic()
             judged_at = (judged_at or now) if verdict else None
@@ -355,9 +283,8 @@ class BackupRun:
         short (None when the repository answered for each)."""
         for i, name in enumerate(missing):
             try:
-                self.repo.storage.head(wal_key(walnames.parse(name)))
-            except NotFoundError:
-                return missing[i:], None
+                if not wal_archive.is_archived(self.repo, name):
+                    return missing[i:], None
             except StorageError as exc:
                 if not exc.retryable:
                     raise
@@ -369,26 +296,6 @@ class BackupRun:
                 )
                 return missing[i:], exc
         return [], None
-
-    # -- small objects -------------------------------------------------------------------------
-
-    def put_json(self, name: str, doc: dict[str, Any]) -> None:
-        raw = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-        self.repo.storage.put(backup_prefix(self.backup_id) + name, raw, if_absent=True)
-
-    def claim_id(self, record: StartedRecord) -> None:
-        """Take the first free id: started.json is written with put-if-absent."""
-        base = record.backup_id
-        for suffix in range(0, 100):
-            self.backup_id = base if suffix == 0 else f"{base}-{suffix}"
-            doc = asdict(record)
-            doc["backup_id"] = self.backup_id
-            try:
-                self.put_json("started.json", doc)
-                return
-            except ObjectExistsError:
-                continue
-        raise CheckFailed(f"could not allocate a backup id near {base}")
 
 
 def _hook_env(
@@ -406,19 +313,17 @@ def _hook_env(
 
 def backup_push(settings: Settings, options: BackupOptions) -> Manifest:
     """Take a base backup; returns the manifest of the DONE backup."""
-    repo = settings.open_repository()
-    lease = Lease(
-        repo.storage,
-        BACKUP_LEASE,
-        ttl=settings.backup_lease_ttl,
-        server=settings.server,
-        can_delete=not settings.append_only,
-    )
-    try:
-        return _backup(settings, repo, options, lease)
-    finally:
-        lease.release()
-        repo.storage.close()
+    with settings.open_repository() as repo:
+        lease = backup_lease(
+            repo,
+            ttl=settings.backup_lease_ttl,
+            server=settings.server,
+            can_delete=not settings.append_only,
+        )
+        try:
+            return _backup(settings, repo, options, lease)
+        finally:
+            lease.release()
 
 
 def _take_lease(settings: Settings, lease: Lease) -> None:
@@ -468,7 +373,7 @@ def _backup(
         begin = utc_now()
         backup_id = new_backup_id(begin)
         label = options.label or f"cloudbm backup {backup_id}"
-        run.claim_id(
+        run.writer.claim(
             StartedRecord(
                 backup_id,
                 settings.server,
@@ -516,14 +421,7 @@ def _backup(
         segment_size = info.wal_segment_size
         start_wal = label_info.start_wal
         stop_wal = walnames.lsn_to_segment(timeline, max(stop.lsn - 1, start.lsn), segment_size)
-        run.put_json(
-            "waiting.json",
-            {
-                "stop_lsn": walnames.format_lsn(stop.lsn),
-                "stop_wal": stop_wal,
-                "since": iso(utc_now()),
-            },
-        )
+        run.writer.write_waiting(walnames.format_lsn(stop.lsn), stop_wal)
         if info.in_recovery:
             log.info("backup %s: waiting for %s to reach the archive", run.backup_id, stop_wal)
         phase = time.monotonic()
@@ -552,8 +450,6 @@ def _backup(
             label_info.backup_from,
         )
         if options.keep:
-            from cloudbm.repository.catalogue import write_keep_mark
-
             write_keep_mark(repo, run.backup_id, options.keep)
         run_hook(
             settings.post_backup_script,
@@ -569,7 +465,7 @@ def _backup(
                 session.stop_backup(info, wait_for_archive=False)
         if run.backup_id:
             with contextlib.suppress(CloudbmError):
-                run.put_json("failed.json", {"error": message, "time": iso(utc_now())})
+                run.writer.write_failed(message)
             run_hook(
                 settings.post_backup_script,
                 "post",
@@ -600,10 +496,8 @@ def _write_manifest(
     stop: Any,
     backup_from: str,
 ) -> Manifest:
-    """The recovery object (encrypted) then the summary (plain), each pinning the other."""
-    repo = run.repo
-    desc = repo.read_descriptor()
-    recovery_key = backup_prefix(run.backup_id) + "recovery"
+    """The summary of the backup, written with its recovery object (each pinning the other);
+    the writer fills in the key and recovery fields."""
     draft = Manifest(
         backup_id=run.backup_id,
         server=run.settings.server,
@@ -627,25 +521,15 @@ def _write_manifest(
         parts=tuple(parts),
         tablespaces=tuple(TablespaceRecord(t.oid, t.name, t.location) for t in spaces),
         compression=run.settings.compression,
-        encryption=desc.encryption,
-        key_id=desc.key_id,
-        recovery_key=recovery_key,
+        encryption="",
+        key_id=None,
+        recovery_key="",
         recovery_stored_sha256="",
         cloudbm_version=__version__,
     )
-    recovery_doc = {
-        "backup_label": stop.backup_label,
-        "tablespace_map": stop.tablespace_map,
-        "manifest_sha256": draft.canonical_sha256(),
-    }
-    blob = repo.put_bytes(
-        recovery_key, json.dumps(recovery_doc, sort_keys=True).encode(), if_absent=True
+    return run.writer.write_manifest(
+        draft, backup_label=stop.backup_label, tablespace_map=stop.tablespace_map
     )
-    from dataclasses import replace
-
-    manifest = replace(draft, recovery_stored_sha256=blob.sha256)
-    repo.storage.put(manifest_key(run.backup_id), manifest.to_json(), if_absent=True)
-    return manifest
 
 
 def summary_line(m: Manifest, elapsed: float) -> str:
