@@ -1,15 +1,14 @@
 """`cloudbm retention [--dry-run]`, `cloudbm delete ID`, `cloudbm keep ID` / `keep --release`.
 
-Planning is the pure function in cloudbm/retention.py; this module reads the repository, prints
-the plan and applies it in the order that keeps the catalogue honest after a crash: a backup's
-manifest first (it then stops being DONE), then the rest of its prefix, then WAL no kept backup
-needs. Keep marks are events written once (`backups/<ID>/keep/<time>.json`, the newest wins),
-never rewritten, so repositories on Object Lock / versioned buckets work.
+Planning is the pure function in cloudbm/retention/; this module reads the repository through
+the repository layer, and applies the plan in the order that keeps the catalogue honest after a
+crash: each backup removed manifest first (catalogue.remove_backup: it then stops being DONE),
+then WAL no kept backup needs. Keep marks are events written once (the newest wins), never
+rewritten, so repositories on Object Lock / versioned buckets work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,8 +31,9 @@ from cloudbm.errors import (
 from cloudbm.logs import log
 from cloudbm.pg import timeline, walnames
 from cloudbm.repository import Repository
-from cloudbm.repository.catalogue import load_catalogue, write_keep_mark
-from cloudbm.repository.layout import WAL_PREFIX, backup_prefix, manifest_key, wal_key
+from cloudbm.repository import wal as wal_archive
+from cloudbm.repository.catalogue import load_catalogue, remove_backup, write_keep_mark
+from cloudbm.repository.lease import backup_lease
 from cloudbm.retention import Plan, parse_policy, plan
 
 KEEP_TARGETS = ("full", "standalone")
@@ -55,38 +55,15 @@ def _histories(repo: Repository, names: list[str]) -> dict[int, list[timeline.Sw
     for name in names:
         if not (name.endswith(".history") and walnames.is_wal_name(name)):
             continue
-        tli = walnames.parse(name).timeline
-        key = wal_key(walnames.parse(name))
-        plain = repo.storage.head(key).metadata.get("cloudbm-switches")
         try:
-            if plain:
-                out[tli] = timeline.parse_switches(plain, tli)
-            else:
-                raw, _ = repo.get_bytes(key)
-                out[tli] = timeline.read_history(raw, tli)
-        except timeline.HistoryError as exc:
-            raise IntegrityError(
-                f"{repo.storage.url}/{key} is not a valid timeline history: {exc}",
-                hint="run 'cloudbm wal-verify'; retention removes nothing while a timeline's "
-                "history is unknown",
+            out[walnames.parse(name).timeline] = wal_archive.history(repo, name)
+        except IntegrityError as exc:
+            raise type(exc)(
+                exc.message,
+                hint=(exc.hint or "run 'cloudbm wal-verify'")
+                + "; retention removes nothing while a timeline's history is unknown",
             ) from None
     return out
-
-
-def _wal_names(repo: Repository) -> list[str]:
-    return [info.key.rsplit("/", 1)[-1] for info in repo.storage.list(WAL_PREFIX)]
-
-
-def _remove_backup(repo: Repository, backup_id: str) -> None:
-    """Manifest first (the backup stops being DONE), then everything else under its prefix."""
-    repo.storage.delete_many([manifest_key(backup_id)])
-    repo.storage.delete_many(info.key for info in repo.storage.list(backup_prefix(backup_id)))
-
-
-def _remove_wal(repo: Repository, names: tuple[str, ...]) -> int:
-    keys: Iterator[str] = (wal_key(walnames.parse(n)) for n in names if walnames.is_wal_name(n))
-    repo.storage.delete_many(keys)
-    return len(names)
 
 
 def _deletes_refused(exc: StoragePermissionError) -> CheckFailed:
@@ -105,7 +82,7 @@ def _plan(
     now: Any = None,
 ) -> Plan:
     desc = repo.read_descriptor()
-    names = _wal_names(repo)
+    names = wal_archive.listed_names(repo)
     return plan(
         entries,
         names,
@@ -127,37 +104,27 @@ def retention(settings: Settings, *, dry_run: bool) -> Applied:
             f"no retention_policy configured for server {settings.server!r}",
             hint='e.g. retention_policy = "RECOVERY WINDOW OF 14 DAYS" or "REDUNDANCY 3"',
         )
-    repo = settings.open_repository()
-    try:
+    with settings.open_repository() as repo:
         the_plan = _plan(settings, repo, load_catalogue(repo), settings.retention_policy)
         removed: list[str] = []
         wal_removed = 0
         if not dry_run:
             try:
                 for decision in the_plan.remove:
-                    _remove_backup(repo, decision.backup_id)
+                    remove_backup(repo, decision.backup_id)
                     removed.append(decision.backup_id)
                     log.info("%s", decision.line())
-                wal_removed = _remove_wal(repo, the_plan.wal_remove)
+                wal_removed = wal_archive.remove(repo, the_plan.wal_remove)
                 _remove_superseded_leases(settings, repo)
             except StoragePermissionError as exc:
                 raise _deletes_refused(exc) from None
         return Applied(the_plan, removed, wal_removed, dry_run)
-    finally:
-        repo.storage.close()
 
 
 def _remove_superseded_leases(settings: Settings, repo: Repository) -> None:
     """backup-push leaves the objects of its lease behind where it may not delete (append-only
     database hosts); every lease but the newest is history."""
-    from cloudbm.repository.lease import BACKUP_LEASE, Lease
-
-    lease = Lease(
-        repo.storage,
-        BACKUP_LEASE,
-        ttl=settings.backup_lease_ttl,
-        can_delete=not settings.append_only,
-    )
+    lease = backup_lease(repo, ttl=settings.backup_lease_ttl, can_delete=not settings.append_only)
     try:
         removed = lease.remove_superseded()
     except StorageError as exc:  # housekeeping: never what decides a retention run
@@ -169,8 +136,7 @@ def _remove_superseded_leases(settings: Settings, repo: Repository) -> None:
 
 def delete(settings: Settings, wanted: str, *, force: bool) -> Applied:
     """Remove one backup and the WAL no remaining backup needs."""
-    repo = settings.open_repository()
-    try:
+    with settings.open_repository() as repo:
         entries = load_catalogue(repo)
         entry = resolve(entries, wanted)
         done = [e for e in entries if e.status == DONE]
@@ -197,21 +163,18 @@ def delete(settings: Settings, wanted: str, *, force: bool) -> Applied:
         # Keep every other backup: what remains removable is the WAL only this one needed.
         the_plan = _plan(settings, repo, others, f"REDUNDANCY {max(1, len(others) + 1)}")
         try:
-            _remove_backup(repo, entry.backup_id)
-            wal_removed = _remove_wal(repo, the_plan.wal_remove) if others else 0
+            remove_backup(repo, entry.backup_id)
+            wal_removed = wal_archive.remove(repo, the_plan.wal_remove) if others else 0
         except StoragePermissionError as exc:
             raise _deletes_refused(exc) from None
         return Applied(the_plan, [entry.backup_id], wal_removed, dry_run=False)
-    finally:
-        repo.storage.close()
 
 
 def keep(settings: Settings, wanted: str, *, target: str | None, release: bool) -> str:
     """Mark a DONE backup as kept (full or standalone), or release it. Returns its id."""
     if release == (target is not None):
         raise ConfigError("keep needs --target full|standalone, or --release")
-    repo = settings.open_repository()
-    try:
+    with settings.open_repository() as repo:
         entry = resolve(load_catalogue(repo), wanted)
         if entry.status != DONE:
             raise CheckFailed(
@@ -221,5 +184,3 @@ def keep(settings: Settings, wanted: str, *, target: str | None, release: bool) 
             raise NotFoundError(f"backup {entry.backup_id} is not kept")
         write_keep_mark(repo, entry.backup_id, "released" if release else str(target))
         return entry.backup_id
-    finally:
-        repo.storage.close()
