@@ -25,12 +25,9 @@ def _wal_since(entry: BackupEntry, wal: list[tuple[str, int]], names: list[str])
 
 def list_backups(settings: Settings) -> list[dict[str, Any]]:
     """One row per backup, oldest first."""
-    repo = settings.open_repository()
-    try:
+    with settings.open_repository() as repo:
         entries = load_catalogue(repo)
         wal = wal_archive.segment_sizes(repo) if any(e.manifest for e in entries) else []
-    finally:
-        repo.storage.close()
     names = [n for n, _ in wal]
     rows = []
     for e in entries:
@@ -101,11 +98,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def show_backup(settings: Settings, wanted: str) -> dict[str, Any]:
     """Everything the summary holds about one backup (plus status objects)."""
-    repo = settings.open_repository()
-    try:
+    with settings.open_repository() as repo:
         entry = resolve(load_catalogue(repo), wanted)
-    finally:
-        repo.storage.close()
     doc: dict[str, Any] = {"backup_id": entry.backup_id, "status": entry.status, "keep": entry.keep}
     if entry.manifest:
         doc.update(asdict(entry.manifest))
