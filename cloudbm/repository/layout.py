@@ -14,6 +14,7 @@ backups/<ID>/recovery                  backup_label + tablespace_map (envelope)
 backups/<ID>/manifest.json             plain JSON summary, written last: its presence = DONE
 backups/<ID>/keep/<time>.json          keep events (full, standalone, released); newest wins
 locks/<name>/lease-NNNNNNNNNN.json     leases (one backup-push per server at a time)
+check/probe-<host>-<pid>-<ns>          `check`'s write probes (removed unless append-only)
 ```
 
 Everything under `backups/<ID>/` is written once and never rewritten (Object Lock friendly).
@@ -115,3 +116,9 @@ LEASE_NUMBER_DIGITS = 10
 def lease_key(prefix: str, number: int, suffix: str = ".json") -> str:
     """Lease `number` of the lock under `prefix` (a probe has its own suffix)."""
     return f"{prefix}lease-{number:0{LEASE_NUMBER_DIGITS}d}{suffix}"
+
+
+# --- check's write probes --------------------------------------------------------------------
+
+# Never under wal/ or backups/, whose listings they would disturb.
+PROBE_PREFIX = "check/probe-"

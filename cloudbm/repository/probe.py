@@ -13,11 +13,8 @@ import time
 
 from cloudbm import __version__
 from cloudbm.errors import NotFoundError
+from cloudbm.repository.layout import PROBE_PREFIX
 from cloudbm.repository.objects import Repository
-
-# Probe objects live under this prefix (never under wal/ or backups/, whose listings they
-# would disturb).
-PROBE_PREFIX = "check/probe-"
 
 
 def probe_key() -> str:

@@ -227,7 +227,7 @@ class _WalChecker:
         line if it has none; None if this host cannot read it (no private key)."""
         info = self.listing[name]
         meta = info.metadata
-        if "cloudbm-kind" not in meta:  # this backend lists no metadata
+        if wal.META_KIND not in meta:  # this backend lists no metadata
             meta = self.repo.storage.head(info.key).metadata
         header = walfile.header_from_metadata(meta)
         if header is not None:

@@ -26,8 +26,8 @@ from cloudbm.repository.backup_reader import (
     open_part,
     recovery_object,
 )
-from cloudbm.repository.layout import file_list_key, part_key, recovery_key
-from cloudbm.repository.probe import PROBE_PREFIX, write_probe
+from cloudbm.repository.layout import PROBE_PREFIX, file_list_key, part_key, recovery_key
+from cloudbm.repository.probe import write_probe
 from cloudbm.repository.usage import usage
 from cloudbm.storage.base import BytesReader, ObjectInfo
 from cloudbm.tarstream import FileRecord, TarExtractor
