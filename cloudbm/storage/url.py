@@ -6,7 +6,12 @@ import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from cloudbm.errors import ConfigError
+from cloudbm.errors import (
+    ConfigError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
 from cloudbm.storage.base import Storage, StorageOptions
 
 SCHEMES = ("file", "s3", "gs", "azure")
@@ -78,3 +83,42 @@ def open_storage(url: str, options: StorageOptions | None = None) -> Storage:
     from cloudbm.storage.azure import AzureStorage
 
     return AzureStorage(loc.bucket, loc.prefix, opts)
+
+
+def create_repository_directory(url: str) -> bool:
+    """A file:// repository's directory, created 0700 when only it is missing (as pgBackRest's
+    stanza-create does); a missing parent is more likely a typo, and is refused. True if
+    created."""
+    from pathlib import Path
+
+    loc = parse_url(url)
+    if loc.scheme != "file":
+        return False
+    path = Path(loc.path)
+    if path.is_dir():
+        return False
+    if not path.parent.is_dir():
+        raise StorageUnavailableError(
+            f"repository directory {path} cannot be created: {path.parent} does not exist",
+            hint="create the parent directory (owned by the postgres user) or fix 'repository'",
+        )
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        if not path.is_dir():
+            raise StorageUnavailableError(
+                f"repository {path} exists and is not a directory", hint="fix 'repository'"
+            ) from None
+        return False  # created by a concurrent init
+    except PermissionError as exc:
+        raise StoragePermissionError(
+            f"cannot create repository directory {path}: {exc.strerror}",
+            hint=f"create it as a user who may write to {path.parent}, owned by postgres",
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"cannot create repository directory {path}: {exc.strerror}") from None
+    os.chmod(path, 0o700)  # whatever the umask
+    from cloudbm.logs import log
+
+    log.info("created repository directory %s (mode 0700)", path)
+    return True
