@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from cloudbm.codec.hashing import HashingReader
 from cloudbm.errors import IntegrityError
 from cloudbm.repository.objects import Repository, read_whole, sha256_hex
+from cloudbm.storage.base import Closing
 from cloudbm.tarstream import FileRecord
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def all_records(
     return records, by_part
 
 
-class PartStream:
+class PartStream(Closing):
     """One tar part of a backup as it downloads: `tar` is its content, decoded (each encrypted
     chunk authenticated before it is released); `finish()` reads what the decoder left of the
     stored bytes and checks their digest against the manifest. Use it as a context manager:
@@ -169,17 +169,6 @@ class PartStream:
 
     def close(self) -> None:
         self.tar.close()
-
-    def __enter__(self) -> PartStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_part(repo: Repository, manifest: Manifest, part: PartInfo) -> PartStream:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cloudbm.errors import (
@@ -29,7 +28,7 @@ from cloudbm.repository import crypto
 from cloudbm.repository.config import RepositoryConfig
 from cloudbm.repository.descriptor import Descriptor
 from cloudbm.repository.layout import DESCRIPTOR_KEY
-from cloudbm.storage.base import ObjectInfo, Storage
+from cloudbm.storage.base import Closing, ObjectInfo, Storage
 
 if TYPE_CHECKING:
     from cloudbm.codec.envelope import EncodeParams
@@ -85,7 +84,7 @@ def read_whole(storage: Storage, key: str) -> tuple[bytes, ObjectInfo]:
     return blob, info
 
 
-class Repository:
+class Repository(Closing):
     """Objects of one server's repository, encoded and decoded through the envelope."""
 
     def __init__(self, storage: Storage, config: RepositoryConfig) -> None:
@@ -94,17 +93,6 @@ class Repository:
         self._descriptor: Descriptor | None = None
         self._wrapper: KeyWrapper | None = None
         self._keyring: Keyring | None = None
-
-    def __enter__(self) -> Repository:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self.storage.close()

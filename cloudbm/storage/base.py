@@ -232,8 +232,8 @@ def md5_digest(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
-class ClosingReader:
-    """Context-manager half of ObjectReader for backends' readers: `with` closes them."""
+class Closing:
+    """A context manager whose exit closes it: backends' readers, backends, the repository."""
 
     def close(self) -> None:
         raise NotImplementedError
@@ -250,7 +250,7 @@ class ClosingReader:
         self.close()
 
 
-class BytesReader(ClosingReader):
+class BytesReader(Closing):
     """ObjectReader over an in-memory buffer; handy for backends and tests."""
 
     def __init__(self, data: bytes, info: ObjectInfo) -> None:

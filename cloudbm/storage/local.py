@@ -27,14 +27,14 @@ from cloudbm.errors import (
     TransientStorageError,
 )
 from cloudbm.fsutil import fsync_dir
-from cloudbm.storage.base import ClosingReader, ObjectInfo, expected_end
+from cloudbm.storage.base import Closing, ObjectInfo, expected_end
 
 META_SUFFIX = ".cbmeta"
 TMP_PREFIX = ".cbtmp-"
 COPY_CHUNK = 1024 * 1024
 
 
-class _FileReader(ClosingReader):
+class _FileReader(Closing):
     """The bytes [start, stop) of an open file, `stop` fixed by the size it had when opened:
     a file that ends sooner (truncated in place, a short NFS read) is an error, not a short
     object."""

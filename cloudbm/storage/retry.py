@@ -26,7 +26,7 @@ from cloudbm.errors import (
     TransientStorageError,
 )
 from cloudbm.storage.base import (
-    ClosingReader,
+    Closing,
     ObjectInfo,
     ObjectReader,
     PartRetries,
@@ -136,7 +136,7 @@ class Budget:
         policy.sleep(pause)
 
 
-class _ResumingReader(ClosingReader):
+class _ResumingReader(Closing):
     """Reads exactly the bytes the first response announced, re-opening the object at the
     current offset (after a backoff) when a read fails transiently or ends early."""
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from itertools import islice
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 import botocore.session
@@ -56,7 +55,7 @@ from cloudbm.errors import (
 )
 from cloudbm.storage.base import (
     BytesReader,
-    ClosingReader,
+    Closing,
     MiB,
     ObjectInfo,
     ObjectReader,
@@ -292,7 +291,7 @@ def _range_total(content_range: str | None, start: int, length: int) -> int | No
     return int(total)
 
 
-class _S3Reader(ClosingReader):
+class _S3Reader(Closing):
     """ObjectReader over a botocore StreamingBody; errors during reads are mapped too."""
 
     def __init__(self, body: Any, info: ObjectInfo, where: str) -> None:
@@ -312,7 +311,7 @@ class _S3Reader(ClosingReader):
         self._body.close()
 
 
-class S3Storage(RetriedParts):
+class S3Storage(RetriedParts, Closing):
     """A bucket prefix on S3 or an S3-compatible store."""
 
     def __init__(self, bucket: str, prefix: str, options: StorageOptions) -> None:
@@ -770,17 +769,6 @@ class S3Storage(RetriedParts):
         if pool is not None:
             pool.shutdown(wait=True)
         self._client.close()
-
-    def __enter__(self) -> S3Storage:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cloudbm.storage.base import ClosingReader, MiB, ObjectInfo
+from cloudbm.storage.base import Closing, MiB, ObjectInfo
 from cloudbm.storage.edge import SourceError
 
 Read = Callable[[int], bytes]
@@ -83,7 +83,7 @@ class Prepended:
         return taken
 
 
-class ChunkReader(ClosingReader):
+class ChunkReader(Closing):
     """ObjectReader over a download that arrives in chunks of its own size (`_next_chunk`),
     re-blocked to the sizes the caller asks for."""
 
