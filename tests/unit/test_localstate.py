@@ -56,17 +56,6 @@ SHA = "ab" * 32
 
 
 @pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The cache directory in a private temporary directory, with no CLOUDBM_* variable set."""
-    directory = tmp_path / "cache"
-    monkeypatch.setattr(localstate, "cache_dir", lambda: str(directory))
-    for name in list(os.environ):
-        if name.startswith("CLOUDBM_"):
-            monkeypatch.delenv(name)
-    return directory
-
-
-@pytest.fixture
 def root(tmp_path: Path) -> Path:
     return spool_root(str(tmp_path / "spool"), "main", "file:///srv/repo")
 

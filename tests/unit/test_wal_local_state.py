@@ -32,17 +32,6 @@ VALUES: dict[str, object] = {"spool_root": "/var/tmp/spool", "wal_push_ahead": 8
 SEGMENTS = [f"0000000100000000000000{i:02X}" for i in range(1, 8)]
 
 
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The fast-path cache in a private temporary directory, with no CLOUDBM_* variable set."""
-    directory = tmp_path / "cache"
-    monkeypatch.setattr(localstate, "cache_dir", lambda: str(directory))
-    for name in list(os.environ):
-        if name.startswith("CLOUDBM_"):
-            monkeypatch.delenv(name)
-    return directory
-
-
 def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
