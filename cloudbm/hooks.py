@@ -8,11 +8,31 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from cloudbm import __version__
 from cloudbm.errors import CloudbmError
 from cloudbm.logs import log
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    # Defined for the type checker only: building a Protocol class costs every archive_command
+    # call time at import, and nothing checks it at run time.
+    class ArchiveSettings(Protocol):
+        """What the archive hooks need of the settings (cloudbm.config.Settings has it)."""
+
+        @property
+        def server(self) -> str: ...
+        @property
+        def repository(self) -> str: ...
+        @property
+        def compression(self) -> str: ...
+        @property
+        def pre_archive_script(self) -> str | None: ...
+        @property
+        def post_archive_script(self) -> str | None: ...
+
 
 HOOK_TIMEOUT = 300.0
 
@@ -52,21 +72,6 @@ def run_hook(script: str | None, phase: str, env: Mapping[str, str], *, fatal: b
         if fatal:
             raise HookError(problem)
         log.warning(problem)
-
-
-class ArchiveSettings(Protocol):
-    """What the archive hooks need of the settings (cloudbm.config.Settings has it)."""
-
-    @property
-    def server(self) -> str: ...
-    @property
-    def repository(self) -> str: ...
-    @property
-    def compression(self) -> str: ...
-    @property
-    def pre_archive_script(self) -> str | None: ...
-    @property
-    def post_archive_script(self) -> str | None: ...
 
 
 class ArchiveHooks:

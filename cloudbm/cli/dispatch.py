@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any, NamedTuple
+from typing import Any
 
 
-class Command(NamedTuple):
-    help: str | None  # None: an internal worker, not listed in --help
-    arguments: str  # a function in cloudbm.cli.arguments: (subparser) -> None
-    handler: str  # "group.function" in cloudbm.cli.handlers: (args) -> exit status
+class Command:
+    """One row of the table. A plain class: a NamedTuple costs every call of archive_command
+    a class built by exec at import."""
+
+    __slots__ = ("arguments", "handler", "help")
+
+    def __init__(self, help: str | None, arguments: str, handler: str) -> None:
+        self.help = help  # None: an internal worker, not listed in --help
+        self.arguments = arguments  # a function in cloudbm.cli.arguments: (subparser) -> None
+        self.handler = handler  # "group.function" in cloudbm.cli.handlers: (args) -> status
 
 
 COMMANDS: dict[str, Command] = {

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, NamedTuple
 from cloudbm.config import Settings
 from cloudbm.localstate import lock_is_held
 from cloudbm.localstate.spool import Markers, ready_files, spool_root
-from cloudbm.localstate.wait import BoundedWait
-from cloudbm.localstate.workers import spawn_worker
 from cloudbm.pg import walnames
 
 if TYPE_CHECKING:
@@ -60,6 +58,8 @@ def ensure_pusher(
     if not ready_files(pg_wal, busy, 1):
         return None
     command = ["wal-push-ahead", str(pg_wal), *(["--skip", skip] if skip else [])]
+    from cloudbm.localstate.workers import spawn_worker
+
     return spawn_worker(markers.dir.parent, global_args, command)
 
 
@@ -71,6 +71,8 @@ def _wait_for_marker(
 
     def alive() -> bool:
         return lock_is_held(markers.lock) or (started is not None and started.poll() is None)
+
+    from cloudbm.localstate.wait import BoundedWait
 
     waiting = BoundedWait(WAIT_FOR_PUSHER_SECONDS, poll=POLL_SECONDS, alive=alive)
     while True:

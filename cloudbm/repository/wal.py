@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from cloudbm.errors import (
     ConflictError,
@@ -119,11 +119,15 @@ def remove(repo: Repository, names: Iterable[str]) -> int:
 # --- archiving --------------------------------------------------------------------------------
 
 
-class Archived(NamedTuple):
-    """What storing one WAL file did."""
+class Archived:
+    """What storing one WAL file did. (A plain class: wal-push imports this module once per
+    segment, and a NamedTuple is built by exec at import.)"""
 
-    stored: int  # bytes written to storage; 0 when it was archived already
-    already_archived: bool = False
+    __slots__ = ("already_archived", "stored")
+
+    def __init__(self, stored: int, already_archived: bool = False) -> None:
+        self.stored = stored  # bytes written to storage; 0 when it was archived already
+        self.already_archived = already_archived
 
 
 class WalArchiver:
