@@ -32,8 +32,6 @@ from cloudbm.errors import CloudbmError, ConfigError, NotFoundError, StorageErro
 from cloudbm.fsutil import write_durably
 from cloudbm.localstate import asked_ns, call_started, lock_is_held, take_lock, worker_note
 from cloudbm.localstate.spool import Spool, recovery_session, spool_root
-from cloudbm.localstate.wait import BoundedWait
-from cloudbm.localstate.workers import spawn_prefetch_worker
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 
@@ -156,6 +154,8 @@ class _Call:
         def alive() -> bool:
             return lock_is_held(spool.lock) or (worker is not None and worker.poll() is None)
 
+        from cloudbm.localstate.wait import BoundedWait
+
         waiting = BoundedWait(deadline=self.deadline, poll=POLL_SECONDS, alive=alive)
         while True:
             if self.take():
@@ -262,6 +262,8 @@ def _ensure_worker(spool: Spool, global_args: list[str]) -> subprocess.Popen[byt
     if lock_is_held(spool.lock):
         return None
     spool.clear()
+    from cloudbm.localstate.workers import spawn_prefetch_worker
+
     return spawn_prefetch_worker(spool.root, global_args)
 
 

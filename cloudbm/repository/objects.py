@@ -24,7 +24,6 @@ from cloudbm.errors import (
     TransientStorageError,
 )
 from cloudbm.logs import log
-from cloudbm.repository import crypto
 from cloudbm.repository.config import RepositoryConfig
 from cloudbm.repository.descriptor import Descriptor
 from cloudbm.repository.layout import DESCRIPTOR_KEY
@@ -162,17 +161,25 @@ class Repository(Closing):
 
     def new_key_fields(self) -> tuple[str, str | None, dict[str, Any] | None]:
         """(encryption scheme, key id, kdf) for a descriptor created with this configuration."""
+        from cloudbm.repository import crypto
+
         return crypto.new_key_fields(self.config)
 
     def key_wrapper(self) -> KeyWrapper | None:
         """The key new objects are encrypted with; checked against the descriptor's key id."""
         if self._wrapper is None:
+            from cloudbm.repository import crypto
+
             self._wrapper = crypto.encryption_key(self.config, self.read_descriptor())
         return self._wrapper
 
     def keyring(self) -> Keyring | None:
         """Keys able to decrypt, or None when no key is configured (plain repositories)."""
-        if self._keyring is None:
+        if self._keyring is None and self.config.encryption != "none":
+            # Keys are loaded only when some are configured: a plain repository's wal-fetch
+            # never imports the key handling.
+            from cloudbm.repository import crypto
+
             self._keyring = crypto.decryption_keys(self.config, self.read_descriptor)
         return self._keyring
 

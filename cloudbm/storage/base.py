@@ -232,6 +232,26 @@ def md5_digest(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
+def read_upto(read: Callable[[int], bytes], limit: int) -> bytes:
+    """`limit` bytes from `read`, fewer only at end of stream: streams may return short reads.
+    The first call asks for all of them, so a stream that fills its reads hands over its
+    buffer uncopied."""
+    if limit <= 0:
+        return b""
+    first = read(limit)
+    if not first or len(first) >= limit:
+        return first or b""
+    chunks = [first]
+    got = len(first)
+    while got < limit:
+        chunk = read(limit - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 class Closing:
     """A context manager whose exit closes it: backends' readers, backends, the repository."""
 

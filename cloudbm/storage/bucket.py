@@ -18,9 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, ClassVar
 
 from cloudbm.errors import ObjectNotFoundError, StorageError
-from cloudbm.storage.base import ObjectInfo, RetriedParts, StorageOptions
+from cloudbm.storage.base import ObjectInfo, RetriedParts, StorageOptions, read_upto
 from cloudbm.storage.edge import exists_error, mapping_errors
-from cloudbm.storage.streams import read_upto
 
 
 class BucketBackend(RetriedParts):

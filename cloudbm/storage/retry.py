@@ -34,8 +34,8 @@ from cloudbm.storage.base import (
     Storage,
     StorageOptions,
     expected_end,
+    read_upto,
 )
-from cloudbm.storage.streams import read_upto
 
 T = TypeVar("T")
 

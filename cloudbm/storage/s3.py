@@ -63,9 +63,10 @@ from cloudbm.storage.base import (
     StorageOptions,
     md5_digest,
     part_size_for,
+    read_upto,
 )
 from cloudbm.storage.edge import oneline
-from cloudbm.storage.streams import Prepended, read_upto
+from cloudbm.storage.streams import Prepended
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client

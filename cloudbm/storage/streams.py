@@ -1,43 +1,26 @@
 """Byte streams the backends share: the caller's stream on its way up, a download on its way
 down. Standard library only: no SDK is imported here.
 
-Up: `read_upto` fills a read from a stream that may return short reads; `Prepended` is the
-bytes a put already read (to learn whether the object is small) followed by the rest of the
-caller's stream; `guarded` marks the stream's own errors for reads made inside SDK code or an
-edge, which must hand them back to the caller unmapped (see `edge.SourceError`).
+Up: `Prepended` is the bytes a put already read (to learn whether the object is small)
+followed by the rest of the caller's stream; `guarded` marks the stream's own errors for
+reads made inside SDK code or an edge, which must hand them back to the caller unmapped (see
+`edge.SourceError`).
 
 Down: `ChunkReader` is an ObjectReader over a download that arrives in chunks of its own
 size, re-blocked to the sizes the caller asks for.
+
+(`base.read_upto`, which fills a read from a stream that may return short reads, lives in
+base: the file backend's path, one process per WAL segment, loads base and not this module.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from cloudbm.storage.base import Closing, MiB, ObjectInfo
+from cloudbm.storage.base import Closing, MiB, ObjectInfo, read_upto
 from cloudbm.storage.edge import SourceError
 
 Read = Callable[[int], bytes]
-
-
-def read_upto(read: Read, limit: int) -> bytes:
-    """`limit` bytes from `read`, fewer only at end of stream: streams may return short reads.
-    The first call asks for all of them, so a stream that fills its reads hands over its
-    buffer uncopied."""
-    if limit <= 0:
-        return b""
-    first = read(limit)
-    if not first or len(first) >= limit:
-        return first or b""
-    chunks = [first]
-    got = len(first)
-    while got < limit:
-        chunk = read(limit - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def guarded(read: Read) -> Read:
