@@ -32,7 +32,17 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so wal-fetch can map usage errors too."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        # The CLI prefixes every error with "cloudbm: "; a subcommand's parser names its
+        # command. argparse's list of choices would also name the internal workers.
+        command = self.prog.removeprefix("cloudbm").strip()
+        if message.startswith("argument COMMAND: invalid choice:"):
+            wanted = message.split("'")[1] if message.count("'") >= 2 else ""
+            raise UsageError(
+                f"unknown command {wanted!r}", hint="'cloudbm --help' lists the commands"
+            )
+        where = f"{command}: " if command else ""
+        see = f"cloudbm {command} --help" if command else "cloudbm --help"
+        raise UsageError(f"{where}{message}", hint=f"see '{see}'")
 
 
 def _global_options(p: argparse.ArgumentParser | Any, prefix: str = "") -> None:

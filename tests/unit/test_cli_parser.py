@@ -117,6 +117,24 @@ def test_usage_errors_are_one_line_and_the_documented_status(
     assert res.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("argv", "says", "never"),
+    [
+        (["nosuch"], "unknown command 'nosuch'", "wal-prefetch"),  # no internal worker listed
+        (["recover"], "recover: the following arguments are required", "cloudbm: cloudbm"),
+        (["backup-list", "--bogus"], "unrecognized arguments: --bogus", "cloudbm: cloudbm"),
+    ],
+)
+def test_a_usage_error_names_the_command_once_and_where_to_look(
+    argv: list[str], says: str, never: str, tmp_path: Path
+) -> None:
+    res = _cloudbm(*argv, cwd=tmp_path)
+    assert res.returncode == EXIT_USAGE, res.stderr
+    line = res.stderr.strip()
+    assert line.startswith("cloudbm: ") and says in line, line
+    assert never not in line and "--help" in line, line
+
+
 @pytest.mark.parametrize("json", [[], ["--json"]])
 def test_output_is_the_same_with_global_options_after_the_command(
     json: list[str], tmp_path: Path
