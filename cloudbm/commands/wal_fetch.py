@@ -31,7 +31,7 @@ from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError, ConfigError, NotFoundError, StorageError
 from cloudbm.fsutil import write_durably
 from cloudbm.localstate import asked_ns, call_started, lock_is_held, take_lock, worker_note
-from cloudbm.localstate.spool import Spool, recovery_session, spool_root
+from cloudbm.localstate.spool import Spool, recovery_session
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 
@@ -61,7 +61,7 @@ def wal_fetch(settings: Settings, name_arg: str, dest_arg: str, global_args: lis
     deadline = started + settings.operation_timeout
     name = walnames.parse(name_arg)
     dest = destination(dest_arg)
-    spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
+    spool = Spool(settings.spool_dir())
     ttl = settings.history_miss_cache_seconds
     session = recovery_session()
     history = name.kind == walnames.WalKind.HISTORY
@@ -276,7 +276,7 @@ def prefetch_worker(settings: Settings, wait_first: float = 0.0) -> int:
     raises: each kind of unexpected error is logged once (worker.log in the spool), and the
     call waiting for that file fetches it itself.
     """
-    spool = Spool(spool_root(settings.spool_directory, settings.server, settings.repository))
+    spool = Spool(settings.spool_dir())
     lock = take_lock(spool.lock, worker_note(os.getpid(), settings.operation_timeout))
     if lock is None:
         return 0

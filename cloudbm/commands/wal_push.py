@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cloudbm.config import Settings
 from cloudbm.localstate import lock_is_held
-from cloudbm.localstate.spool import Markers, ready_files, spool_root
+from cloudbm.localstate.spool import Markers, ready_files
 from cloudbm.pg import walnames
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def wal_push(settings: Settings, path_arg: str, global_args: list[str]) -> PushR
         st = os.stat(path)
     except OSError:
         st = None
-    markers = Markers(spool_root(settings.spool_directory, settings.server, settings.repository))
+    markers = Markers(settings.spool_dir())
     if st is not None and markers.consume(name.name, st):
         ensure_pusher(settings, markers, path.parent, global_args)
         return PushResult(name.name, st.st_size, 0, already_archived=True)
@@ -114,7 +114,7 @@ def wal_push(settings: Settings, path_arg: str, global_args: list[str]) -> PushR
 
 def push_one(settings: Settings, path: Path, name: walnames.WalName) -> PushResult:
     """Upload one file in this process (hooks included); its outcome is the exit status."""
-    markers_root = spool_root(settings.spool_directory, settings.server, settings.repository)
+    markers_root = settings.spool_dir()
     Markers(markers_root).clear_failure(name.name)
     from cloudbm.hooks import ArchiveHooks
     from cloudbm.pg.walfile import read_wal_file

@@ -16,7 +16,7 @@ from cloudbm.config import Settings
 from cloudbm.errors import CloudbmError
 from cloudbm.hooks import ArchiveHooks
 from cloudbm.localstate import take_lock
-from cloudbm.localstate.spool import Markers, ready_files, spool_root
+from cloudbm.localstate.spool import Markers, ready_files
 from cloudbm.logs import log
 from cloudbm.pg import walnames
 from cloudbm.pg.walfile import read_wal_file
@@ -30,7 +30,7 @@ POLL_SECONDS = 0.02
 def push_ahead(settings: Settings, pg_wal: Path, exclude: frozenset[str] = frozenset()) -> int:
     """Archive .ready files until none has waited for IDLE_EXIT_SECONDS; returns the count.
     `exclude`: files the call that started this pusher uploads itself."""
-    root = spool_root(settings.spool_directory, settings.server, settings.repository)
+    root = settings.spool_dir()
     markers = Markers(root)
     lock = take_lock(markers.lock)
     if lock is None:
