@@ -261,6 +261,10 @@ class Cloudbm(Tool):
         os.chmod(path, 0o644)
         return path
 
+    def command(self) -> list[str]:
+        """How the WAL phases start cloudbm (a version under test starts its own tree)."""
+        return [CLOUDBM]
+
     def prepare_wal(self, push_pgdata: Path, fetch_pgdata: Path) -> None:
         tuning = {"wal_push_ahead": self.push_ahead, "wal_prefetch": self.prefetch}
         # a spool per phase, fresh, like pgBackRest's spool-path
@@ -269,13 +273,15 @@ class Cloudbm(Tool):
         if self.site.stack is None:
             mkdirs(self.dir / "repo")
             self.user.chown(self.dir / "repo")
-        self.user.run([CLOUDBM, "--config", self.push_cfg, "init"], cwd=push_pgdata, env=self.env())
+        init = [*self.command(), "--config", self.push_cfg, "init"]
+        self.user.run(init, cwd=push_pgdata, env=self.env())
 
     def push_argv(self, seg: str) -> list[str]:
-        return [CLOUDBM, "--config", str(self.push_cfg), "wal-push", f"pg_wal/{seg}"]
+        return [*self.command(), "--config", str(self.push_cfg), "wal-push", f"pg_wal/{seg}"]
 
     def fetch_argv(self, seg: str) -> list[str]:
-        return [CLOUDBM, "--config", str(self.fetch_cfg), "wal-fetch", seg, "pg_wal/RECOVERYXLOG"]
+        cfg = str(self.fetch_cfg)
+        return [*self.command(), "--config", cfg, "wal-fetch", seg, "pg_wal/RECOVERYXLOG"]
 
     def wal_stored(self) -> Usage:
         return self.site.usage("") if self.site.stack else dir_bytes(self.dir / "repo")

@@ -147,29 +147,8 @@ class CloudbmAt(Cloudbm):
     def version(self, role: Role) -> str:
         return self.src.describe
 
-    def prepare_wal(self, push_pgdata: Path, fetch_pgdata: Path) -> None:
-        tuning = {"wal_push_ahead": self.push_ahead, "wal_prefetch": self.prefetch}
-        self.push_cfg = self._config("push.toml", push_pgdata, self.dir / "spool-push", tuning)
-        self.fetch_cfg = self._config("fetch.toml", fetch_pgdata, self.dir / "spool-fetch", tuning)
-        if self.site.stack is None:
-            mkdirs(self.dir / "repo")
-            self.user.chown(self.dir / "repo")
-        self.user.run(
-            [*self.src.argv(), "--config", self.push_cfg, "init"], cwd=push_pgdata, env=self.env()
-        )
-
-    def push_argv(self, seg: str) -> list[str]:
-        return [*self.src.argv(), "--config", str(self.push_cfg), "wal-push", f"pg_wal/{seg}"]
-
-    def fetch_argv(self, seg: str) -> list[str]:
-        return [
-            *self.src.argv(),
-            "--config",
-            str(self.fetch_cfg),
-            "wal-fetch",
-            seg,
-            "pg_wal/RECOVERYXLOG",
-        ]
+    def command(self) -> list[str]:
+        return self.src.argv()
 
 
 CLONE_NEWNS = 0x00020000
